@@ -1,0 +1,215 @@
+"""Typed results: :class:`GateResult`, :class:`Match` and :class:`Prediction`.
+
+All are frozen dataclasses whose ``to_dict()`` output is JSON-serialisable and whose
+``from_dict()`` rebuilds an equal object, so results can be written as JSON lines and read
+back (for example by ``ecomarine export-dwc``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Final
+
+from .errors import DataError
+
+__all__ = [
+    "REJECTION_REASONS",
+    "GateResult",
+    "Match",
+    "Prediction",
+]
+
+#: Why a photo was not identified. ``None`` on a prediction means it was accepted.
+REJECTION_REASONS: Final = (
+    "not_cetacean",
+    "unreadable_image",
+    "image_too_large",
+)
+
+
+def _check_keys(cls: type[Any], data: Mapping[str, Any]) -> None:
+    if not isinstance(data, Mapping):
+        raise DataError(f"{cls.__name__}.from_dict expects a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DataError(f"{cls.__name__}: unknown field(s) {unknown}")
+    missing = sorted(
+        f.name
+        for f in fields(cls)
+        if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+    )
+    if missing:
+        raise DataError(f"{cls.__name__}: missing field(s) {missing}")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    # JSON has no NaN/inf; keep to_dict() output strictly valid JSON.
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict on one image.
+
+    Attributes:
+        score: Probability-like score in [0, 1] that the photo shows a cetacean.
+        is_cetacean: ``score >= threshold``.
+        threshold: The decision threshold used.
+        backend: Which gate produced the score (``"embedded"``, ``"clip"``).
+    """
+
+    score: float
+    is_cetacean: bool
+    threshold: float
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateResult:
+        """Rebuild from :meth:`to_dict` output."""
+        _check_keys(cls, data)
+        return cls(
+            score=float(data["score"]),
+            is_cetacean=bool(data["is_cetacean"]),
+            threshold=float(data["threshold"]),
+            backend=str(data["backend"]),
+        )
+
+
+@dataclass(frozen=True)
+class Match:
+    """One candidate individual for a query photo.
+
+    Attributes:
+        individual_id: The known individual's id.
+        score: Similarity (cosine for gallery matches, probability for head matches).
+        species: The individual's species label, when known.
+        image_id: The gallery image that supports the match best, when from a gallery.
+    """
+
+    individual_id: str
+    score: float
+    species: str | None = None
+    image_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Match:
+        """Rebuild from :meth:`to_dict` output."""
+        _check_keys(cls, data)
+        return cls(
+            individual_id=str(data["individual_id"]),
+            score=float(data["score"]),
+            species=None if data.get("species") is None else str(data["species"]),
+            image_id=None if data.get("image_id") is None else str(data["image_id"]),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Everything ecomarine concluded about one photo.
+
+    Attributes:
+        source: The photo's path or a short description of an in-memory source.
+        is_cetacean: Whether the gate accepted the photo.
+        gate_score: The gate's score, ``None`` when the image could not be read.
+        species: Predicted species label, when known.
+        species_score: Confidence of the species vote in [0, 1].
+        individual_id: Best matching known individual, ``None`` for a new individual
+            or a rejected photo.
+        is_new_individual: True when the best match scored under the open-set threshold.
+        candidates: Ranked candidate individuals, best first.
+        new_individual_threshold: The open-set threshold that was applied.
+        rejection_reason: ``None`` when accepted, else one of :data:`REJECTION_REASONS`.
+        error: Human-readable detail for a rejection caused by an error.
+        sha256: SHA-256 of the image file's bytes, when the source was a file or bytes.
+        model_id: Identifier of the model that made the prediction.
+    """
+
+    source: str | None
+    is_cetacean: bool
+    gate_score: float | None
+    species: str | None = None
+    species_score: float | None = None
+    individual_id: str | None = None
+    is_new_individual: bool = False
+    candidates: tuple[Match, ...] = field(default_factory=tuple)
+    new_individual_threshold: float | None = None
+    rejection_reason: str | None = None
+    error: str | None = None
+    sha256: str | None = None
+    model_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rejection_reason is not None and self.rejection_reason not in REJECTION_REASONS:
+            raise DataError(
+                f"unknown rejection_reason {self.rejection_reason!r}; "
+                f"expected one of {REJECTION_REASONS}"
+            )
+        # Accept any sequence of matches but store an immutable tuple.
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+
+    @property
+    def accepted(self) -> bool:
+        """True when the photo passed the gate and was identified."""
+        return self.rejection_reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (``candidates`` as a list of dicts)."""
+        out = asdict(self)
+        out["candidates"] = [m.to_dict() for m in self.candidates]
+        for key in ("gate_score", "species_score", "new_individual_threshold"):
+            out[key] = _finite_or_none(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            DataError: On unknown or missing fields or malformed candidates.
+        """
+        _check_keys(cls, data)
+
+        def opt_float(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        def opt_str(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        candidates = data.get("candidates", [])
+        if not isinstance(candidates, list | tuple):
+            raise DataError("Prediction: 'candidates' must be a list")
+        try:
+            return cls(
+                source=opt_str("source"),
+                is_cetacean=bool(data["is_cetacean"]),
+                gate_score=opt_float("gate_score"),
+                species=opt_str("species"),
+                species_score=opt_float("species_score"),
+                individual_id=opt_str("individual_id"),
+                is_new_individual=bool(data.get("is_new_individual", False)),
+                candidates=tuple(Match.from_dict(c) for c in candidates),
+                new_individual_threshold=opt_float("new_individual_threshold"),
+                rejection_reason=opt_str("rejection_reason"),
+                error=opt_str("error"),
+                sha256=opt_str("sha256"),
+                model_id=opt_str("model_id"),
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"Prediction: malformed value: {exc}") from exc
