@@ -27,14 +27,17 @@ from .io import load_image
 from .types import GateResult, Match, Prediction
 
 if TYPE_CHECKING:
-    pass
+    from .heads import ArcMarginProduct
+    from .identifier import Identifier
 
 __all__ = [
+    "ArcMarginProduct",
     "ConfigError",
     "DataError",
     "EcomarineError",
     "GalleryError",
     "GateResult",
+    "Identifier",
     "ImageTooLargeError",
     "InvalidImageError",
     "Match",
@@ -45,7 +48,10 @@ __all__ = [
     "load_image",
 ]
 
-_LAZY: dict[str, str] = {}
+_LAZY = {
+    "ArcMarginProduct": "heads",
+    "Identifier": "identifier",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,300 @@
+"""Typed configuration of an :class:`~ecomarine.identifier.Identifier`.
+
+The config travels with the weights (``config.json``): architecture, preprocessing,
+head, and the open-set thresholds. Unknown keys and wrong types are refused with
+:class:`~ecomarine.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ConfigError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "HeadConfig",
+    "IdentifierConfig",
+    "PreprocessConfig",
+    "read_json",
+]
+
+#: Version of the on-disk weight format written by ``save_pretrained``.
+FORMAT_VERSION: Final = 1
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+
+_POOLINGS = ("gem", "avg")
+_NECKS = ("bn", "linear", "none")
+_HEADS = ("arcface", "subcenter")
+_RESIZES = ("squash", "letterbox")
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}")
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data[key]
+    # bool is an int subclass; refuse it where a number is expected.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise _fail(where, f"'{key}' must be {kind}, got bool")
+    if not isinstance(value, kind):
+        raise _fail(where, f"'{key}' must be {kind}, got {type(value).__name__}")
+    return value
+
+
+def _check_unknown(cls: type[Any], data: Mapping[str, Any], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise _fail(where, f"expected an object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are turned into network input; saved with the weights.
+
+    Attributes:
+        input_size: ``(height, width)``; need not be square.
+        mean: Per-channel mean (RGB, in [0, 1]).
+        std: Per-channel standard deviation.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        resize: ``"squash"`` (resize to exactly ``input_size``) or ``"letterbox"``
+            (keep the aspect ratio and pad with the mean colour).
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        where = "preprocess"
+        if len(self.input_size) != 2 or any(
+            not isinstance(v, int) or isinstance(v, bool) or v < 8 for v in self.input_size
+        ):
+            raise _fail(where, f"input_size must be two ints >= 8, got {self.input_size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, int | float) for v in values):
+                raise _fail(where, f"{name} must be three numbers, got {values!r}")
+        if any(v <= 0 for v in self.std):
+            raise _fail(where, "std must be positive")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise _fail(where, f"interpolation must be one of {_INTERPOLATIONS}")
+        if self.resize not in _RESIZES:
+            raise _fail(where, f"resize must be one of {_RESIZES}")
+
+    @property
+    def height(self) -> int:
+        """Input height in pixels."""
+        return self.input_size[0]
+
+    @property
+    def width(self) -> int:
+        """Input width in pixels."""
+        return self.input_size[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize": self.resize,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Validate and build from a dict."""
+        where = "preprocess"
+        _check_unknown(cls, data, where)
+        kwargs: dict[str, Any] = {}
+        for key in ("input_size", "mean", "std"):
+            if key in data:
+                kwargs[key] = tuple(_get(data, key, (list, tuple), where))
+        for key in ("interpolation", "resize"):
+            if key in data:
+                kwargs[key] = _get(data, key, str, where)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The ArcFace head over known individuals.
+
+    Attributes:
+        type: ``"arcface"`` or ``"subcenter"``.
+        s: Logit scale.
+        m: Angular margin in radians.
+        easy_margin: See :func:`ecomarine.heads.arcface_logits`.
+        ls_eps: Label smoothing.
+        k: Sub-centres per class (``"subcenter"`` only).
+    """
+
+    type: str = "arcface"
+    s: float = 30.0
+    m: float = 0.5
+    easy_margin: bool = False
+    ls_eps: float = 0.0
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.type not in _HEADS:
+            raise _fail("head", f"type must be one of {_HEADS}, got {self.type!r}")
+        if self.k < 1:
+            raise _fail("head", "k must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeadConfig:
+        """Validate and build from a dict."""
+        _check_unknown(cls, data, "head")
+        kwargs: dict[str, Any] = {}
+        types: dict[str, type | tuple[type, ...]] = {
+            "type": str,
+            "s": (int, float),
+            "m": (int, float),
+            "easy_margin": bool,
+            "ls_eps": (int, float),
+            "k": int,
+        }
+        for key, kind in types.items():
+            if key in data:
+                kwargs[key] = _get(data, key, kind, "head")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class IdentifierConfig:
+    """Architecture, preprocessing and thresholds of an identifier.
+
+    Attributes:
+        backbone: Any timm model name.
+        pooling: ``"gem"`` (learnable generalised mean) or ``"avg"``.
+        neck: ``"bn"`` (Linear + BatchNorm1d), ``"linear"`` or ``"none"``.
+        embedding_size: Output size of the neck (ignored when ``neck == "none"``).
+        head: The ArcFace head, or ``None`` for an embedding-only model.
+        preprocess: Input size, normalisation and resize policy.
+        backbone_num_classes: Classes of the backbone's own classifier (1000 keeps an
+            ImageNet head, used by the embedded gate); 0 drops it.
+        new_individual_threshold: Open-set threshold on cosine similarity for the
+            trained embedding, calibrated on held-out data.
+        feature_new_individual_threshold: The same for the general pooled features.
+        name: A short model name for cards and predictions.
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    pooling: str = "gem"
+    neck: str = "bn"
+    embedding_size: int = 512
+    head: HeadConfig | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    backbone_num_classes: int = 0
+    new_individual_threshold: float | None = None
+    feature_new_individual_threshold: float | None = None
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        where = "config"
+        if not self.backbone:
+            raise _fail(where, "backbone must be a timm model name")
+        if self.pooling not in _POOLINGS:
+            raise _fail(where, f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        if self.neck not in _NECKS:
+            raise _fail(where, f"neck must be one of {_NECKS}, got {self.neck!r}")
+        if self.embedding_size < 1:
+            raise _fail(where, "embedding_size must be positive")
+        if self.backbone_num_classes < 0:
+            raise _fail(where, "backbone_num_classes must be >= 0")
+        for key in ("new_individual_threshold", "feature_new_individual_threshold"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
+                raise _fail(where, f"{key} must be a cosine in [-1, 1], got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``config.json`` content (with the format version)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "pooling": self.pooling,
+            "neck": self.neck,
+            "embedding_size": self.embedding_size,
+            "head": None if self.head is None else self.head.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "backbone_num_classes": self.backbone_num_classes,
+            "new_individual_threshold": self.new_individual_threshold,
+            "feature_new_individual_threshold": self.feature_new_individual_threshold,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config.json") -> IdentifierConfig:
+        """Validate and build from ``config.json`` content.
+
+        Raises:
+            ConfigError: Unknown or missing keys, wrong types, or an unsupported version.
+        """
+        if not isinstance(data, Mapping):
+            raise _fail(where, f"expected a JSON object, got {type(data).__name__}")
+        body = dict(data)
+        version = body.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise _fail(
+                where,
+                f"unsupported format_version {version!r} (this ecomarine reads "
+                f"{FORMAT_VERSION}); upgrade ecomarine or re-export the model",
+            )
+        _check_unknown(cls, body, where)
+        kwargs: dict[str, Any] = {}
+        simple: dict[str, type | tuple[type, ...]] = {
+            "backbone": str,
+            "pooling": str,
+            "neck": str,
+            "embedding_size": int,
+            "backbone_num_classes": int,
+            "name": str,
+        }
+        for key, kind in simple.items():
+            if key in body:
+                kwargs[key] = _get(body, key, kind, where)
+        for key in ("new_individual_threshold", "feature_new_individual_threshold"):
+            if body.get(key) is not None:
+                kwargs[key] = float(_get(body, key, (int, float), where))
+        if body.get("head") is not None:
+            kwargs["head"] = HeadConfig.from_dict(body["head"])
+        if "preprocess" in body:
+            kwargs["preprocess"] = PreprocessConfig.from_dict(body["preprocess"])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> IdentifierConfig:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning every failure into :class:`ConfigError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc})") from exc

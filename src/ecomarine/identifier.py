@@ -1,0 +1,429 @@
+"""The :class:`Identifier`: a timm backbone, pooling, an embedding neck and an ArcFace head.
+
+``embed()`` turns photos into L2-normalised vectors; ``classify()`` ranks the known
+individuals of the head. ``save_pretrained``/``from_pretrained`` are a pair (config,
+safetensors weights, labels, model card), and ``from_pretrained`` also reads the
+bundled ``"embedded"`` weights and the legacy EcoMarineAI checkpoint layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor, nn
+
+from . import hub
+from ._atomic import atomic_write_bytes, atomic_write_text
+from ._device import resolve_device
+from .config import IdentifierConfig, read_json
+from .errors import ConfigError
+from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct
+from .io import ImageSource
+from .transforms import default_workers, load_batch
+from .types import Match
+
+__all__ = ["EmbeddingKind", "Identifier", "check_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+#: ``"embedding"``: the trained (neck) embedding; ``"features"``: the backbone's general
+#: pooled features, which transfer better to species the model was not trained on.
+EmbeddingKind = Literal["embedding", "features"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LABELS_NAME = "labels.json"
+CARD_NAME = "README.md"
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """Load ``state`` into ``module`` strictly, with a message listing every bad key.
+
+    Raises:
+        ConfigError: On missing or unexpected keys or on shape mismatches.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_clip(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_clip(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches {_clip(shapes)}")
+    if problems:
+        raise ConfigError(f"{where}: weights do not match the architecture: " + "; ".join(problems))
+    module.load_state_dict(dict(state), strict=True)
+
+
+def _clip(items: list[str], limit: int = 10) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return str(items[:limit]) + more
+
+
+class Identifier(nn.Module):
+    """Backbone -> pooling -> neck -> (optional) ArcFace head.
+
+    Args:
+        config: Architecture and preprocessing.
+        labels: Known individual ids, one per head row (required for a head).
+        species: Species label per individual id, when known.
+
+    Example:
+        >>> ident = Identifier.from_pretrained("embedded")  # doctest: +SKIP
+        >>> ident.embed(["whale.jpg"]).shape  # doctest: +SKIP
+        (1, 1280)
+    """
+
+    def __init__(
+        self,
+        config: IdentifierConfig,
+        labels: Sequence[str] = (),
+        species: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.labels: list[str] = [str(x) for x in labels]
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError("labels contain duplicate individual ids")
+        self.species_by_id: dict[str, str] = dict(species or {})
+        # timm models share an informal interface (forward_features, forward_head,
+        # num_features) that nn.Module's type does not describe.
+        self.backbone: Any
+        try:
+            self.backbone = timm.create_model(
+                config.backbone, pretrained=False, num_classes=config.backbone_num_classes
+            )
+        except RuntimeError as exc:  # timm: "Unknown model (...)"
+            raise ConfigError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+        self.num_features = int(self.backbone.num_features)
+        self.pool: nn.Module = GeM() if config.pooling == "gem" else _AvgPool()
+        self.neck: nn.Module
+        if config.neck == "bn":
+            self.neck = nn.Sequential(
+                nn.Linear(self.num_features, config.embedding_size),
+                nn.BatchNorm1d(config.embedding_size),
+            )
+            self.embedding_size = config.embedding_size
+        elif config.neck == "linear":
+            self.neck = nn.Linear(self.num_features, config.embedding_size)
+            self.embedding_size = config.embedding_size
+        else:
+            self.neck = nn.Identity()
+            self.embedding_size = self.num_features
+        self.head: ArcMarginProduct | SubCenterArcMarginProduct | None = None
+        if config.head is not None:
+            if not self.labels:
+                raise ConfigError("a head needs labels (the known individual ids)")
+            h = config.head
+            if h.type == "subcenter":
+                self.head = SubCenterArcMarginProduct(
+                    self.embedding_size, len(self.labels), h.k, h.s, h.m, h.easy_margin, h.ls_eps
+                )
+            else:
+                self.head = ArcMarginProduct(
+                    self.embedding_size, len(self.labels), h.s, h.m, h.easy_margin, h.ls_eps
+                )
+        self.eval()
+
+    # --- forward passes -----------------------------------------------------------------
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Backbone feature map ``(B, C, H, W)``."""
+        out: Tensor = self.backbone.forward_features(x)
+        return out
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """General pooled features ``(B, num_features)`` (not normalised)."""
+        return self.pool(self.forward_features(x))  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Trained embedding ``(B, embedding_size)`` (not normalised; training uses this)."""
+        return self.neck(self.pooled(x))  # type: ignore[no-any-return]
+
+    def imagenet_logits(self, x: Tensor) -> Tensor:
+        """Logits of the backbone's own classifier (needs ``backbone_num_classes > 0``)."""
+        if self.config.backbone_num_classes == 0:
+            raise ConfigError("this identifier has no backbone classifier")
+        out: Tensor = self.backbone.forward_head(self.forward_features(x))
+        return out
+
+    # --- inference ----------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device holding the parameters."""
+        return next(self.parameters()).device
+
+    def embed_tensor(self, batch: Tensor, kind: EmbeddingKind = "embedding") -> Tensor:
+        """Unit-norm embeddings of a preprocessed batch (runs in inference mode)."""
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True)
+            out = self.pooled(x) if kind == "features" else self(x)
+            return F.normalize(out.float(), dim=1)
+
+    def embed(
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        *,
+        batch_size: int = 32,
+        kind: EmbeddingKind = "embedding",
+        num_workers: int | None = None,
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Embed photos as unit-norm rows.
+
+        Args:
+            images: One image source or a sequence of them (anything
+                :func:`~ecomarine.io.load_image` accepts).
+            batch_size: Images per network pass.
+            kind: ``"embedding"`` (trained) or ``"features"`` (general pooled features).
+            num_workers: Decode threads (default: CPU count, at most 8).
+
+        Returns:
+            ``(N, D)`` float32 array with unit L2 norm rows.
+
+        Raises:
+            InvalidImageError: If an image cannot be read.
+        """
+        sources = _as_list(images)
+        if batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if kind not in ("embedding", "features"):
+            raise ConfigError(f"kind must be 'embedding' or 'features', got {kind!r}")
+        workers = default_workers() if num_workers is None else max(1, num_workers)
+        dim = self.num_features if kind == "features" else self.embedding_size
+        if not sources:
+            return np.zeros((0, dim), np.float32)
+        self.eval()
+        chunks = []
+        for start in range(0, len(sources), batch_size):
+            batch = load_batch(sources[start : start + batch_size], self.config.preprocess, workers)
+            chunks.append(self.embed_tensor(batch, kind).cpu().numpy())
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def classify(
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        *,
+        top_k: int = 5,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ) -> list[list[Match]]:
+        """Closed-set ranking of the head's known individuals for each photo.
+
+        Returns:
+            Per image, the ``top_k`` individuals with softmax probabilities, best first.
+
+        Raises:
+            ConfigError: If the identifier has no head.
+        """
+        if self.head is None:
+            raise ConfigError("this identifier has no ArcFace head; use a Gallery instead")
+        emb = torch.from_numpy(
+            self.embed(images, batch_size=batch_size, num_workers=num_workers)
+        ).to(self.device)
+        return self.matches_from_embeddings(emb, top_k)
+
+    def matches_from_embeddings(self, emb: Tensor, top_k: int = 5) -> list[list[Match]]:
+        """Rank head classes for unit-norm embeddings (see :meth:`classify`)."""
+        if self.head is None:
+            raise ConfigError("this identifier has no ArcFace head")
+        with torch.inference_mode():
+            probs = torch.softmax(self.head(emb.to(self.device)), dim=1).cpu()
+        k = max(1, min(top_k, probs.shape[1]))
+        values, indices = probs.topk(k, dim=1)
+        out = []
+        for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True):
+            out.append(
+                [
+                    Match(self.labels[i], float(v), self.species_by_id.get(self.labels[i]))
+                    for v, i in zip(row_v, row_i, strict=True)
+                ]
+            )
+        return out
+
+    def threshold_for(self, kind: EmbeddingKind) -> float | None:
+        """The shipped open-set threshold for this kind of embedding, if calibrated."""
+        if kind == "features":
+            return self.config.feature_new_individual_threshold
+        return self.config.new_individual_threshold
+
+    @property
+    def new_individual_threshold(self) -> float | None:
+        """Open-set threshold of the trained embedding (from ``config.json``)."""
+        return self.config.new_individual_threshold
+
+    def fingerprint(self, kind: EmbeddingKind = "embedding") -> str:
+        """A hash of the architecture, preprocessing and weights that make an embedding.
+
+        Galleries store it and refuse to mix vectors from different models or kinds.
+        """
+        digest = hashlib.sha256()
+        arch = self.config.to_dict()
+        for key in ("new_individual_threshold", "feature_new_individual_threshold", "name"):
+            arch.pop(key)
+        arch.pop("head")
+        digest.update(json.dumps([arch, kind], sort_keys=True).encode())
+        modules = [self.backbone, self.pool] + ([self.neck] if kind == "embedding" else [])
+        for module in modules:
+            for name, tensor in sorted(module.state_dict().items()):
+                if "num_batches_tracked" in name:
+                    continue
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        model_card: str | None = None,
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors``, ``labels.json`` and ``README.md``.
+
+        Each file is written atomically. Returns the folder.
+        """
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(folder / WEIGHTS_NAME, save_safetensors_bytes(state))
+        labels = {"individual_ids": self.labels, "species": self.species_by_id}
+        atomic_write_text(folder / LABELS_NAME, json.dumps(labels, indent=1) + "\n")
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        from .model_card import identifier_card  # noqa: PLC0415 - only needed when saving
+
+        atomic_write_text(folder / CARD_NAME, model_card or identifier_card(self))
+        return folder
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload ecomarine identifier",
+    ) -> str:
+        """Save to a temporary folder and upload it to ``repo_id``; return the commit URL."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return hub.upload_folder(
+                Path(tmp), repo_id, token=token, private=private, commit_message=commit_message
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] = "embedded",
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        device: str | torch.device | None = None,
+        allow_pickle: bool = False,
+    ) -> Identifier:
+        """Load an identifier from ``"embedded"``, a local folder or a Hub repository.
+
+        Args:
+            name_or_path: ``"embedded"`` (bundled, offline), a folder written by
+                :meth:`save_pretrained` or holding the legacy EcoMarineAI files, or a Hub
+                repo id (``owner/name`` or ``hf-hub:owner/name``).
+            revision: Hub branch, tag or commit.
+            cache_dir: Hub cache folder.
+            local_files_only: Never touch the network (also implied by
+                ``HF_HUB_OFFLINE=1``).
+            token: Hub token for private repositories.
+            device: Where to put the model; default: CUDA, then MPS, then CPU.
+            allow_pickle: Let the legacy import unpickle arbitrary objects. Only for
+                files you trust: unpickling can run any code.
+
+        Raises:
+            WeightsNotFoundError: A missing folder, file, repository, or an offline cache miss.
+            ConfigError: An invalid config or weights that do not match it.
+            UnsafeFileError: A legacy file needs unpickling and ``allow_pickle`` is False.
+        """
+        if os.fspath(name_or_path) == "embedded":
+            from .embedded import load_embedded_identifier  # noqa: PLC0415
+
+            model = load_embedded_identifier()
+        else:
+            location = hub.parse_location(
+                name_or_path,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            )
+            config_path = hub.fetch_file(location, CONFIG_NAME, required=False)
+            if config_path is None:
+                from .legacy import load_legacy  # noqa: PLC0415
+
+                model = load_legacy(location, allow_pickle=allow_pickle)
+            else:
+                model = cls._from_files(location, config_path)
+        return model.to(resolve_device(device)).eval()
+
+    @classmethod
+    def _from_files(cls, location: hub.HubLocation, config_path: Path) -> Identifier:
+        config = IdentifierConfig.from_dict(read_json(config_path), where=str(config_path))
+        labels_path = hub.fetch_file(location, LABELS_NAME, required=config.head is not None)
+        ids: list[str] = []
+        species: dict[str, str] = {}
+        if labels_path is not None:
+            ids, species = _read_labels(labels_path)
+        weights_path = hub.fetch_file(location, WEIGHTS_NAME)
+        assert weights_path is not None
+        model = cls(config, ids, species)
+        try:
+            state = load_safetensors_bytes(weights_path.read_bytes())
+        except Exception as exc:  # safetensors raises its own error types on bad headers
+            raise ConfigError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
+        check_state_dict(model, state, str(weights_path))
+        return model
+
+
+def _read_labels(path: Path) -> tuple[list[str], dict[str, str]]:
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("individual_ids"), list):
+        raise ConfigError(f"{path}: expected {{'individual_ids': [...], 'species': {{...}}}}")
+    species = data.get("species") or {}
+    if not isinstance(species, dict):
+        raise ConfigError(f"{path}: 'species' must be an object mapping id -> species")
+    return [str(x) for x in data["individual_ids"]], {str(k): str(v) for k, v in species.items()}
+
+
+def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
+    # A single source (str/bytes are Sequences too) becomes a one-item list.
+    if isinstance(images, list | tuple):
+        return list(images)
+    if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike | np.ndarray):
+        return [images]
+    if hasattr(images, "read") or hasattr(images, "getpixel"):
+        return [images]  # type: ignore[list-item]
+    return list(images)
+
+
+class _AvgPool(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))

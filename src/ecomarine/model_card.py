@@ -1,0 +1,61 @@
+"""Model cards (``README.md``) written next to saved weights."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .identifier import Identifier
+
+__all__ = ["identifier_card"]
+
+
+def identifier_card(model: Identifier, *, extra: str = "") -> str:
+    """Return a Hugging Face model card for an identifier."""
+    cfg = model.config
+    pp = cfg.preprocess
+    head = (
+        "none"
+        if model.head is None
+        else f"{cfg.head.type if cfg.head else ''} over {len(model.labels)} individuals"
+    )
+    lines = [
+        "---",
+        "library_name: ecomarine",
+        "tags:",
+        "- ecomarine",
+        "- photo-identification",
+        "- cetacean",
+        "- image-feature-extraction",
+        "---",
+        "",
+        f"# {cfg.name}",
+        "",
+        "An ecomarine identifier: photo-identification embeddings for whales and dolphins.",
+        "",
+        "```python",
+        "from ecomarine import Identifier",
+        'ident = Identifier.from_pretrained("<this repo or folder>")',
+        'emb = ident.embed(["photo.jpg"])  # (N, D) unit-norm float32',
+        "```",
+        "",
+        "## Architecture",
+        "",
+        f"- backbone: `{cfg.backbone}` ({model.num_features} features), pooling `{cfg.pooling}`",
+        f"- neck: `{cfg.neck}`, embedding size {model.embedding_size}",
+        f"- head: {head}",
+        f"- input: {pp.height}x{pp.width} ({pp.resize}, {pp.interpolation}), "
+        f"mean {list(pp.mean)}, std {list(pp.std)}",
+        f"- new-individual threshold: {cfg.new_individual_threshold} (embedding), "
+        f"{cfg.feature_new_individual_threshold} (features)",
+        "",
+        f"Written by ecomarine {__version__}.",
+        "",
+    ]
+    if extra:
+        lines += [extra.rstrip(), ""]
+    lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
+    return "\n".join(lines)
