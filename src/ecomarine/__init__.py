@@ -27,6 +27,7 @@ from .io import load_image
 from .types import GateResult, Match, Prediction
 
 if TYPE_CHECKING:
+    from .gallery import Gallery
     from .heads import ArcMarginProduct
     from .identifier import Identifier
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EcomarineError",
+    "Gallery",
     "GalleryError",
     "GateResult",
     "Identifier",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Gallery": "gallery",
     "ArcMarginProduct": "heads",
     "Identifier": "identifier",
 }

@@ -1,0 +1,82 @@
+"""Write the CSVs of the beluga next-season protocol (DESIGN.md) from the shared metadata.
+
+Splits (all columns: image,individual_id,encounter,date,species):
+
+* ``train.csv``: 2017 and 2018 images, minus the calibration encounters;
+* ``calibration.csv``: a fixed fifth of the 2018 encounters, chosen by a hash of
+  ``encounter_id`` (held out from training; queries for the open-set threshold);
+* ``gallery.csv``: every 2017 and 2018 image (the evaluation gallery);
+* ``queries.csv``: every 2019 image.
+
+Usage: python benchmarks/beluga_data.py --data ../shared/data/beluga --out runs/beluga
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from ecomarine.training import Sample, split_by_group_hash
+
+FIELDS = ["image", "individual_id", "encounter", "date", "species"]
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prepare(data: Path, out: Path) -> dict[str, int]:
+    """Write the four CSVs and return their row counts."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (data / "metadata.csv").open(newline="", encoding="utf-8") as fh:
+        meta = list(csv.DictReader(fh))
+    rows = [
+        {
+            "image": r["path"],
+            "individual_id": r["whale_id"],
+            "encounter": r["encounter_id"],
+            "date": r["date"],
+            "species": "beluga",
+        }
+        for r in meta
+    ]
+    past = [r for r in rows if r["date"][:4] in ("2017", "2018")]
+    queries = [r for r in rows if r["date"][:4] == "2019"]
+    y2018 = [r for r in past if r["date"][:4] == "2018"]
+    as_samples = [
+        Sample(Path(r["image"]), r["image"], r["individual_id"], encounter=r["encounter"])
+        for r in y2018
+    ]
+    _, held = split_by_group_hash(as_samples, 0.2)
+    held_images = {s.image for s in held}
+    calibration = [r for r in past if r["image"] in held_images]
+    train = [r for r in past if r["image"] not in held_images]
+    for name, part in (
+        ("train", train),
+        ("calibration", calibration),
+        ("gallery", past),
+        ("queries", queries),
+    ):
+        _write(out / f"{name}.csv", part)
+    return {
+        "train": len(train),
+        "calibration": len(calibration),
+        "gallery": len(past),
+        "queries": len(queries),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/beluga"))
+    parser.add_argument("--out", type=Path, default=Path("runs/beluga"))
+    args = parser.parse_args()
+    print(prepare(args.data, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,667 @@
+"""The :class:`Gallery`: a catalogue of known individuals, searched by embedding.
+
+A gallery holds unit-norm vectors and one record per image (individual id, species,
+free JSON metadata); it knows nothing of networks. It answers *which individuals* (not
+images) are closest to a query, decides *new individual* under an open-set threshold,
+votes on species, and saves/loads atomically with the fingerprint of the model that made
+its vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from ._atomic import atomic_write_bytes, atomic_write_text
+from .calibration import NewIndividualCalibration, choose_new_individual_threshold
+from .errors import GalleryError
+from .index import IndexKind, VectorIndex
+from .metrics import NEW_INDIVIDUAL
+from .types import Match
+
+__all__ = ["Aggregation", "Gallery", "Identification"]
+
+_Arr = np.ndarray[Any, Any]
+_F32 = np.ndarray[Any, np.dtype[np.float32]]
+
+logger = logging.getLogger(__name__)
+
+GALLERY_FORMAT_VERSION = 1
+MANIFEST_NAME = "gallery.json"
+LOCK_NAME = ".lock"
+
+#: How image similarities combine into an individual's score.
+Aggregation = Literal["max", "mean"]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The gallery's answer for one query.
+
+    Attributes:
+        individual_id: The best match, or ``None`` for a new individual.
+        is_new_individual: True when the best score is under the threshold.
+        candidates: Ranked individuals, best first.
+        species: Score-weighted vote over the candidates' species.
+        species_score: Share of the vote the winning species got.
+        threshold: The open-set threshold applied (``None``: never new).
+    """
+
+    individual_id: str | None
+    is_new_individual: bool
+    candidates: tuple[Match, ...]
+    species: str | None
+    species_score: float | None
+    threshold: float | None
+
+
+@dataclass
+class _Records:
+    image_ids: list[str] = field(default_factory=list)
+    individual_ids: list[str] = field(default_factory=list)
+    species: list[str | None] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Gallery:
+    """A catalogue of known individuals.
+
+    Args:
+        fingerprint: Fingerprint of the model (and embedding kind) that made the vectors.
+        embedding_kind: ``"embedding"`` or ``"features"``; a gallery holds one kind.
+        new_individual_threshold: Best-match cosine under which a query is new.
+        index_kind: ``"flat"`` (exact) or ``"hnsw"`` (approximate, FAISS).
+        use_faiss: ``None``: FAISS when installed; False: NumPy.
+        aggregation: ``"max"`` (best image) or ``"mean"`` (mean cosine over the
+            individual's images).
+
+    Example:
+        >>> g = Gallery()
+        >>> g.add(np.eye(3, dtype=np.float32), ["a", "b", "c"])
+        ['img-000000', 'img-000001', 'img-000002']
+        >>> g.search(np.eye(3, dtype=np.float32)[:1], top_k=1)[0][0].individual_id
+        'a'
+    """
+
+    def __init__(
+        self,
+        *,
+        fingerprint: str | None = None,
+        embedding_kind: str = "embedding",
+        new_individual_threshold: float | None = None,
+        index_kind: IndexKind = "flat",
+        use_faiss: bool | None = None,
+        aggregation: Aggregation = "max",
+        model_name: str | None = None,
+    ) -> None:
+        if aggregation not in ("max", "mean"):
+            raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
+        self.fingerprint = fingerprint
+        self.embedding_kind = embedding_kind
+        self.new_individual_threshold = new_individual_threshold
+        self.index_kind: IndexKind = index_kind
+        self.use_faiss = use_faiss
+        self.aggregation: Aggregation = aggregation
+        self.model_name = model_name
+        self._emb = np.zeros((0, 0), np.float32)
+        self._rec = _Records()
+        self._index: VectorIndex | None = None
+        self._species_cache: dict[str, str | None] = {}
+        self._next_id = 0
+
+    # --- contents -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rec.image_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"Gallery({len(self)} images, {len(self.individuals())} individuals, "
+            f"dim={self.dim}, kind={self.embedding_kind!r})"
+        )
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension, or ``None`` while empty."""
+        return self._emb.shape[1] if len(self) else None
+
+    @property
+    def embeddings(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """A read-only view of the ``(N, D)`` vectors."""
+        view = self._emb.view()
+        view.flags.writeable = False
+        return view
+
+    def individuals(self) -> list[str]:
+        """Sorted unique individual ids."""
+        return sorted(set(self._rec.individual_ids))
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per image: ``image_id``, ``individual_id``, ``species``, ``metadata``."""
+        r = self._rec
+        return [
+            {"image_id": i, "individual_id": ind, "species": sp, "metadata": dict(md)}
+            for i, ind, sp, md in zip(
+                r.image_ids, r.individual_ids, r.species, r.metadata, strict=True
+            )
+        ]
+
+    def species_of(self, individual_id: str) -> str | None:
+        """The species recorded for an individual (the most frequent, if several)."""
+        votes: dict[str, int] = defaultdict(int)
+        for ind, sp in zip(self._rec.individual_ids, self._rec.species, strict=True):
+            if ind == individual_id and sp:
+                votes[sp] += 1
+        return max(votes, key=lambda s: votes[s]) if votes else None
+
+    def add(
+        self,
+        embeddings: np.ndarray[Any, Any],
+        individual_ids: Sequence[str],
+        species: Sequence[str | None] | str | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        image_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Add images of known individuals; return their image ids.
+
+        Args:
+            embeddings: ``(N, D)`` vectors (normalised here if they are not).
+            individual_ids: One id per row.
+            species: One label per row, or one for all rows.
+            metadata: Optional JSON-serialisable dict per row (source path, encounter,
+                date, latitude/longitude, ...).
+            image_ids: Optional unique ids; generated otherwise.
+
+        Raises:
+            GalleryError: On mismatched lengths or dimensions, non-finite vectors,
+                duplicate image ids, or metadata that is not JSON-serialisable.
+        """
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(individual_ids):
+            raise GalleryError(
+                f"embeddings shape {emb.shape} does not match {len(individual_ids)} ids"
+            )
+        if emb.shape[0] == 0:
+            return []
+        if self.dim is not None and emb.shape[1] != self.dim:
+            raise GalleryError(f"embedding dimension {emb.shape[1]} != gallery's {self.dim}")
+        if not np.all(np.isfinite(emb)):
+            raise GalleryError("embeddings contain NaN or infinite values")
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise GalleryError("embeddings contain an all-zero vector")
+        # Renormalise only rows that need it, so a save/load round trip is bit-exact.
+        emb = np.where(np.abs(norms - 1.0) > 1e-6, emb / norms, emb).astype(np.float32)
+        n = emb.shape[0]
+        ids = [str(x) for x in individual_ids]
+        if any(not x or x == NEW_INDIVIDUAL for x in ids):
+            raise GalleryError(f"individual ids must be non-empty and not {NEW_INDIVIDUAL!r}")
+        sp = [species] * n if species is None or isinstance(species, str) else list(species)
+        md = [dict(m or {}) for m in (metadata or [None] * n)]
+        if len(sp) != n or len(md) != n:
+            raise GalleryError("species and metadata need one entry per embedding")
+        try:
+            json.dumps(md)
+        except (TypeError, ValueError) as exc:
+            raise GalleryError(f"metadata must be JSON-serialisable: {exc}") from exc
+        new_ids = [str(x) for x in image_ids] if image_ids is not None else self._fresh_ids(n)
+        if len(new_ids) != n:
+            raise GalleryError("image_ids needs one entry per embedding")
+        clash = set(new_ids) & set(self._rec.image_ids) or (
+            len(set(new_ids)) != n and {x for x in new_ids if new_ids.count(x) > 1}
+        )
+        if clash:
+            raise GalleryError(f"duplicate image ids: {sorted(clash)[:5]}")
+        self._emb = emb if not len(self) else np.concatenate([self._emb, emb])
+        self._rec.image_ids += new_ids
+        self._rec.individual_ids += ids
+        self._rec.species += [None if s is None else str(s) for s in sp]
+        self._rec.metadata += md
+        self._changed()
+        return new_ids
+
+    def _fresh_ids(self, n: int) -> list[str]:
+        taken = set(self._rec.image_ids)
+        out: list[str] = []
+        while len(out) < n:
+            candidate = f"img-{self._next_id:06d}"
+            self._next_id += 1
+            if candidate not in taken:
+                out.append(candidate)
+        return out
+
+    def remove(
+        self, *, individual_id: str | None = None, image_ids: Sequence[str] | None = None
+    ) -> int:
+        """Remove all images of an individual, or the given images; return how many.
+
+        Raises:
+            GalleryError: When neither or both selectors are given, or nothing matches.
+        """
+        if (individual_id is None) == (image_ids is None):
+            raise GalleryError("pass exactly one of individual_id= or image_ids=")
+        if individual_id is not None:
+            keep = [ind != individual_id for ind in self._rec.individual_ids]
+        else:
+            wanted = set(image_ids or [])
+            unknown = wanted - set(self._rec.image_ids)
+            if unknown:
+                raise GalleryError(f"unknown image ids: {sorted(unknown)[:5]}")
+            keep = [i not in wanted for i in self._rec.image_ids]
+        removed = keep.count(False)
+        if removed == 0:
+            raise GalleryError(f"no images of individual {individual_id!r}")
+        mask = np.array(keep, dtype=bool)
+        self._emb = self._emb[mask] if mask.any() else np.zeros((0, 0), np.float32)
+        r = self._rec
+        self._rec = _Records(
+            [x for x, k in zip(r.image_ids, keep, strict=True) if k],
+            [x for x, k in zip(r.individual_ids, keep, strict=True) if k],
+            [x for x, k in zip(r.species, keep, strict=True) if k],
+            [x for x, k in zip(r.metadata, keep, strict=True) if k],
+        )
+        self._changed()
+        return removed
+
+    def rename(self, old: str, new: str) -> int:
+        """Rename an individual (fails if ``new`` already exists: use :meth:`merge`)."""
+        if new in set(self._rec.individual_ids):
+            raise GalleryError(f"individual {new!r} exists; use merge() to combine")
+        return self.merge([old], into=new)
+
+    def merge(self, individual_ids: Sequence[str], *, into: str) -> int:
+        """Relabel the images of several individuals as ``into``; return how many changed."""
+        sources = set(individual_ids)
+        missing = sources - set(self._rec.individual_ids)
+        if missing:
+            raise GalleryError(f"unknown individual(s): {sorted(missing)}")
+        if not into or into == NEW_INDIVIDUAL:
+            raise GalleryError("target id must be non-empty and not 'new_individual'")
+        changed = 0
+        for i, ind in enumerate(self._rec.individual_ids):
+            if ind in sources and ind != into:
+                self._rec.individual_ids[i] = into
+                changed += 1
+        self._changed()
+        return changed
+
+    # --- search -------------------------------------------------------------------------
+
+    def _get_index(self) -> VectorIndex:
+        if self._index is None:
+            self._index = VectorIndex(self._emb, kind=self.index_kind, use_faiss=self.use_faiss)
+        return self._index
+
+    def _check_queries(self, queries: _Arr) -> _F32:
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if self.dim is not None and q.shape[1] != self.dim:
+            raise GalleryError(f"query dimension {q.shape[1]} != gallery's {self.dim}")
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        return (q / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+    def search(
+        self,
+        query_embeddings: np.ndarray[Any, Any],
+        top_k: int = 5,
+        *,
+        aggregation: Aggregation | None = None,
+    ) -> list[list[Match]]:
+        """The ``top_k`` closest *individuals* for each query, best first.
+
+        Each :class:`~ecomarine.types.Match` carries the individual's score (max or mean
+        cosine over its images), species, and the best supporting image id.
+        """
+        q = self._check_queries(query_embeddings)
+        if not len(self):
+            return [[] for _ in range(len(q))]
+        if top_k < 1:
+            raise GalleryError("top_k must be >= 1")
+        agg = aggregation or self.aggregation
+        if agg == "mean":
+            return self._search_mean(q, top_k)
+        return [self._search_max_one(s, i, top_k) for s, i in self._search_max_batch(q, top_k)]
+
+    def _search_max_batch(self, q: _F32, top_k: int) -> list[tuple[_Arr, _Arr]]:
+        # Max aggregation is exact once the retrieved images cover top_k individuals:
+        # any individual not retrieved scores at most the last retrieved image.
+        index = self._get_index()
+        n = len(self)
+        k = min(n, max(top_k * 8, 32))
+        pending = np.arange(len(q))
+        results: dict[int, tuple[_Arr, _Arr]] = {}
+        ind = np.asarray(self._rec.individual_ids)
+        while len(pending):
+            scores, idx = index.search(q[pending], k)
+            retry: list[int] = []
+            for row, qi in enumerate(pending.tolist()):
+                valid = idx[row] >= 0
+                distinct = len(set(ind[idx[row][valid]]))
+                if distinct >= top_k or k >= n:
+                    results[qi] = (scores[row][valid], idx[row][valid])
+                else:
+                    retry.append(qi)
+            pending = np.asarray(retry, dtype=np.int64)
+            k = min(n, k * 4)
+        return [results[qi] for qi in range(len(q))]
+
+    def _search_max_one(self, scores: _Arr, idx: _Arr, top_k: int) -> list[Match]:
+        seen: set[str] = set()
+        out: list[Match] = []
+        for s, i in zip(scores.tolist(), idx.tolist(), strict=True):
+            ind = self._rec.individual_ids[i]
+            if ind in seen:
+                continue
+            seen.add(ind)
+            out.append(Match(ind, float(s), self.species_of_cached(ind), self._rec.image_ids[i]))
+            if len(out) == top_k:
+                break
+        return out
+
+    def species_of_cached(self, individual_id: str) -> str | None:
+        """Like :meth:`species_of`, memoised until the gallery changes."""
+        if individual_id not in self._species_cache:
+            self._species_cache[individual_id] = self.species_of(individual_id)
+        return self._species_cache[individual_id]
+
+    def _changed(self) -> None:
+        self._index = None
+        self._species_cache.clear()
+
+    def _search_mean(self, q: _F32, top_k: int) -> list[list[Match]]:
+        names = self.individuals()
+        pos = {name: i for i, name in enumerate(names)}
+        rows = np.array([pos[x] for x in self._rec.individual_ids])
+        sums = np.zeros((len(names), self._emb.shape[1]), np.float64)
+        np.add.at(sums, rows, self._emb)
+        counts = np.bincount(rows, minlength=len(names))[:, None]
+        centroids = (sums / counts).astype(np.float32)  # mean of cosines = q . mean vector
+        out = []
+        for row in q:
+            scores = centroids @ row
+            order = np.lexsort((np.arange(len(names)), -scores))[:top_k]
+            matches = []
+            for j in order:
+                members = np.flatnonzero(rows == j)
+                best = members[int(np.argmax(self._emb[members] @ row))]
+                name = names[j]
+                matches.append(
+                    Match(
+                        name,
+                        float(scores[j]),
+                        self.species_of_cached(name),
+                        self._rec.image_ids[best],
+                    )
+                )
+            out.append(matches)
+        return out
+
+    def identify(
+        self,
+        query_embeddings: np.ndarray[Any, Any],
+        top_k: int = 5,
+        *,
+        threshold: float | None = None,
+    ) -> list[Identification]:
+        """Search, then decide known vs new individual and vote on species.
+
+        Args:
+            query_embeddings: ``(Q, D)`` vectors.
+            top_k: Candidates per query.
+            threshold: Overrides the gallery's ``new_individual_threshold``.
+        """
+        thr = self.new_individual_threshold if threshold is None else threshold
+        out: list[Identification] = []
+        for cands in self.search(query_embeddings, top_k):
+            best = cands[0] if cands else None
+            is_new = best is None or (thr is not None and best.score < thr)
+            species, share = _vote_species(cands)
+            out.append(
+                Identification(
+                    individual_id=None if is_new or best is None else best.individual_id,
+                    is_new_individual=is_new,
+                    candidates=tuple(cands),
+                    species=species,
+                    species_score=share,
+                    threshold=thr,
+                )
+            )
+        return out
+
+    def calibrate_new_individual(
+        self, *, group_key: str = "encounter", top_k: int = 5, apply: bool = True
+    ) -> NewIndividualCalibration:
+        """Choose the open-set threshold from the gallery itself, with no test data.
+
+        Each group of images (by ``metadata[group_key]``, e.g. an encounter; each image
+        alone when absent) is queried against the rest of the gallery. A query whose
+        individual has no image outside its group plays a new individual. The threshold
+        maximising MAP@5 on these queries is chosen (and stored when ``apply``).
+
+        Raises:
+            GalleryError: With fewer than two groups.
+        """
+        groups = [
+            str(md.get(group_key, f"__image__{img}"))
+            for md, img in zip(self._rec.metadata, self._rec.image_ids, strict=True)
+        ]
+        if len(set(groups)) < 2:
+            raise GalleryError("calibration needs at least two groups (encounters or images)")
+        names = self.individuals()
+        pos = {name: i for i, name in enumerate(names)}
+        ind_rows = np.array([pos[x] for x in self._rec.individual_ids])
+        group_arr = np.asarray(groups)
+        outside: dict[tuple[str, str], bool] = {}
+        for g in set(groups):
+            in_g = group_arr == g
+            for ind in set(np.asarray(self._rec.individual_ids)[in_g]):
+                outside[(g, ind)] = bool(((ind_rows == pos[ind]) & ~in_g).any())
+        candidates: list[list[Match]] = []
+        truths: list[str] = []
+        block = max(1, (32 * 1024 * 1024) // (4 * max(1, len(self))))
+        for start in range(0, len(self), block):
+            sims = self._emb[start : start + block] @ self._emb.T
+            for r, raw in enumerate(sims):
+                i = start + r
+                sim = np.where(group_arr == groups[i], -np.inf, raw)
+                best = np.full(len(names), -np.inf)
+                np.maximum.at(best, ind_rows, sim)
+                order = np.argsort(-best, kind="stable")[:top_k]
+                candidates.append(
+                    [Match(names[j], float(best[j])) for j in order if np.isfinite(best[j])]
+                )
+                ind = self._rec.individual_ids[i]
+                truths.append(ind if outside[(groups[i], ind)] else NEW_INDIVIDUAL)
+        result = choose_new_individual_threshold(candidates, truths, k=top_k)
+        if apply:
+            self.new_individual_threshold = result.threshold
+        return result
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Save atomically: new data files first, then the manifest is swapped in.
+
+        An interrupted save leaves the previous gallery loadable. A lock file keeps two
+        processes from saving to the same folder at once.
+        """
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder):
+            token = uuid.uuid4().hex[:12]
+            emb_name = f"embeddings-{token}.safetensors"
+            rec_name = f"records-{token}.jsonl"
+            emb_bytes = save_safetensors({"embeddings": np.ascontiguousarray(self._emb)})
+            rec_bytes = "".join(
+                json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in self.records()
+            ).encode("utf-8")
+            atomic_write_bytes(folder / emb_name, emb_bytes)
+            atomic_write_bytes(folder / rec_name, rec_bytes)
+            manifest = {
+                "format_version": GALLERY_FORMAT_VERSION,
+                "count": len(self),
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "embedding_kind": self.embedding_kind,
+                "model_name": self.model_name,
+                "new_individual_threshold": self.new_individual_threshold,
+                "aggregation": self.aggregation,
+                "index_kind": self.index_kind,
+                "files": {
+                    "embeddings": {"name": emb_name, "sha256": _sha256(emb_bytes)},
+                    "records": {"name": rec_name, "sha256": _sha256(rec_bytes)},
+                },
+            }
+            atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+            for stale in list(folder.glob("embeddings-*.safetensors")) + list(
+                folder.glob("records-*.jsonl")
+            ):
+                if stale.name not in (emb_name, rec_name):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        expected_fingerprint: str | None = None,
+        use_faiss: bool | None = None,
+    ) -> Gallery:
+        """Load a gallery saved with :meth:`save`, verifying every file.
+
+        Args:
+            directory: The gallery folder.
+            expected_fingerprint: The fingerprint of the model about to query it; a
+                different one is refused (vectors from different models do not compare).
+            use_faiss: As in the constructor.
+
+        Raises:
+            GalleryError: Missing, truncated or mismatched files, an unknown version, or
+                a fingerprint mismatch.
+        """
+        folder = Path(directory)
+        manifest_path = folder / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise GalleryError(f"{folder}: not a gallery (no {MANIFEST_NAME})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GalleryError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format_version") != GALLERY_FORMAT_VERSION
+        ):
+            raise GalleryError(f"{manifest_path}: unsupported or missing format_version")
+        try:
+            files = manifest["files"]
+            emb_bytes = _read_checked(folder, files["embeddings"])
+            rec_bytes = _read_checked(folder, files["records"])
+            count = int(manifest["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GalleryError(f"{manifest_path}: malformed manifest ({exc})") from exc
+        try:
+            emb = load_safetensors(emb_bytes)["embeddings"]
+        except Exception as exc:  # safetensors raises its own types on corrupt data
+            raise GalleryError(f"{folder}: corrupt embeddings file ({exc})") from exc
+        records = []
+        for n, line in enumerate(rec_bytes.decode("utf-8", errors="strict").splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise GalleryError(f"{folder}: records line {n} is not JSON ({exc})") from exc
+        if emb.ndim != 2 or len(emb) != count or len(records) != count:
+            raise GalleryError(
+                f"{folder}: manifest says {count} images, found {len(emb)} vectors and "
+                f"{len(records)} records"
+            )
+        fingerprint = manifest.get("fingerprint")
+        if expected_fingerprint is not None and fingerprint not in (None, expected_fingerprint):
+            raise GalleryError(
+                f"{folder}: built with a different model (fingerprint {fingerprint}, "
+                f"this model {expected_fingerprint}); rebuild it with this model"
+            )
+        gallery = cls(
+            fingerprint=fingerprint,
+            embedding_kind=str(manifest.get("embedding_kind", "embedding")),
+            new_individual_threshold=manifest.get("new_individual_threshold"),
+            index_kind=manifest.get("index_kind", "flat"),
+            use_faiss=use_faiss,
+            aggregation=manifest.get("aggregation", "max"),
+            model_name=manifest.get("model_name"),
+        )
+        if count:
+            try:
+                gallery.add(
+                    emb,
+                    [r["individual_id"] for r in records],
+                    [r.get("species") for r in records],
+                    [r.get("metadata") or {} for r in records],
+                    [r["image_id"] for r in records],
+                )
+            except (KeyError, TypeError) as exc:
+                raise GalleryError(f"{folder}: malformed record ({exc})") from exc
+        return gallery
+
+
+def _vote_species(cands: Sequence[Match]) -> tuple[str | None, float | None]:
+    weights: dict[str, float] = defaultdict(float)
+    for m in cands:
+        if m.species:
+            weights[m.species] += max(m.score, 0.0) + 1e-9
+    if not weights:
+        return None, None
+    total = sum(weights.values())
+    species = max(weights, key=lambda s: weights[s])
+    share = weights[species] / total if total > 0 and math.isfinite(total) else None
+    return species, share
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_checked(folder: Path, entry: Mapping[str, Any]) -> bytes:
+    name = str(entry["name"])
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise GalleryError(f"{folder}: suspicious file name {name!r} in manifest")
+    path = folder / name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GalleryError(f"{folder}: missing or unreadable {name} ({exc})") from exc
+    if _sha256(data) != entry["sha256"]:
+        raise GalleryError(f"{path}: checksum mismatch (truncated or modified)")
+    return data
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, best effort
+        yield
+        return
+    with (folder / LOCK_NAME).open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise GalleryError(f"{folder}: another process is saving this gallery") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

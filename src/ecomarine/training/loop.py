@@ -1,0 +1,490 @@
+"""The ArcFace training loop and its export to the weight format."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from .._atomic import atomic_write_bytes, atomic_write_text
+from .._device import resolve_device
+from ..config import HeadConfig, IdentifierConfig, PreprocessConfig
+from ..errors import ConfigError, DataError, WeightsNotFoundError
+from ..heads import dynamic_margins
+from ..identifier import EmbeddingKind, Identifier
+from ..model_card import identifier_card
+from .data import (
+    AugmentConfig,
+    CatalogImages,
+    IdentitySampler,
+    Sample,
+    read_catalog_csv,
+    split_by_group_hash,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "build_model", "embed_catalog", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: ``--backbone embedded``: timm's Lite0 initialised from the shipped ImageNet weights.
+EMBEDDED_BACKBONE = "embedded"
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``ecomarine train`` takes; saved with checkpoints and in the model card."""
+
+    csv: str
+    images: str
+    out: str
+    backbone: str = EMBEDDED_BACKBONE
+    pretrained: bool = True
+    input_size: tuple[int, int] = (256, 96)
+    embedding_size: int = 512
+    pooling: str = "gem"
+    head: str = "arcface"
+    subcenter_k: int = 3
+    dynamic_margin: bool = False
+    s: float = 30.0
+    m: float = 0.5
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_clip: float = 5.0
+    sampler: str = "random"
+    images_per_id: int = 2
+    hflip: bool = False
+    vflip: bool = False
+    val_csv: str | None = None
+    val_every: int = 1
+    calibration_csv: str | None = None
+    calibration_fraction: float = 0.0
+    calibration_new_fraction: float | None = None
+    resume: str | None = None
+    seed: int = 0
+    device: str | None = None
+    workers: int = 2
+    name: str = "custom"
+    command: str = field(default_factory=lambda: shlex.join(["ecomarine", *sys.argv[1:]]))
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("epochs must be >= 1 and batch_size >= 2")
+        if self.head not in ("arcface", "subcenter"):
+            raise ConfigError("head must be 'arcface' or 'subcenter'")
+        if self.sampler not in ("random", "identity"):
+            raise ConfigError("sampler must be 'random' or 'identity'")
+        if self.lr <= 0:
+            raise ConfigError("lr must be positive")
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    out: Path
+    losses: list[float]
+    validation: list[dict[str, float]]
+    calibration: dict[str, Any]
+    seconds: float
+
+
+def build_model(cfg: TrainConfig, labels: Sequence[str], species: dict[str, str]) -> Identifier:
+    """A fresh identifier with a pretrained backbone, a neck and an ArcFace head."""
+    backbone = "tf_efficientnet_lite0" if cfg.backbone == EMBEDDED_BACKBONE else cfg.backbone
+    config = IdentifierConfig(
+        backbone=backbone,
+        pooling=cfg.pooling,
+        neck="bn",
+        embedding_size=cfg.embedding_size,
+        head=HeadConfig(type=cfg.head, s=cfg.s, m=cfg.m, k=cfg.subcenter_k),
+        preprocess=PreprocessConfig(input_size=cfg.input_size),
+        name=cfg.name,
+    )
+    model = Identifier(config, labels, species)
+    if cfg.pretrained:
+        if cfg.backbone == EMBEDDED_BACKBONE:
+            import timm  # noqa: PLC0415
+
+            from ..embedded import load_lite0_imagenet  # noqa: PLC0415
+
+            full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+            load_lite0_imagenet(full)
+            state = {k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")}
+            model.backbone.load_state_dict(state, strict=True)
+        else:
+            _load_timm_pretrained(model, backbone)
+    return model
+
+
+def _load_timm_pretrained(model: Identifier, name: str) -> None:
+    import timm  # noqa: PLC0415
+
+    try:
+        pretrained = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as exc:  # timm surfaces Hub and network errors of many types
+        raise WeightsNotFoundError(
+            f"cannot get ImageNet weights for {name!r} ({type(exc).__name__}: {exc}); use "
+            "--backbone embedded offline, or --no-pretrained"
+        ) from exc
+    model.backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def _param_groups(model: Identifier, cfg: TrainConfig) -> list[dict[str, Any]]:
+    backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * 0.1
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return [
+        {"params": list(model.backbone.parameters()), "lr": backbone_lr, "base_lr": backbone_lr},
+        {"params": head_params, "lr": cfg.lr, "base_lr": cfg.lr},
+    ]
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _seed_all(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def embed_catalog(
+    model: Identifier, images: CatalogImages, kind: EmbeddingKind = "embedding", batch: int = 64
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Unit-norm embeddings of cached catalogue images (central crops, no augmentation)."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch):
+        idx = list(range(start, min(len(images), start + batch)))
+        chunks.append(model.embed_tensor(images.batch(idx, None), kind).cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def _open_set_eval(
+    model: Identifier,
+    gallery_images: CatalogImages,
+    query_images: CatalogImages,
+    kind: EmbeddingKind,
+    threshold: float | None = None,
+) -> tuple[dict[str, float], list[list[Any]], list[str]]:
+    from ..gallery import Gallery  # noqa: PLC0415
+    from ..metrics import NEW_INDIVIDUAL, insert_new_individual, map_at_k, top_k_accuracy  # noqa: PLC0415
+
+    g = Gallery(use_faiss=False)
+    g.add(
+        embed_catalog(model, gallery_images, kind),
+        [s.individual_id for s in gallery_images.samples],
+    )
+    known = set(g.individuals())
+    cands = g.search(embed_catalog(model, query_images, kind), top_k=5)
+    truths = [
+        s.individual_id if s.individual_id in known else NEW_INDIVIDUAL
+        for s in query_images.samples
+    ]
+    known_idx = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
+    ranked = [[m.individual_id for m in c] for c in cands]
+    metrics = {
+        "top1": top_k_accuracy([ranked[i] for i in known_idx], [truths[i] for i in known_idx], 1),
+        "top5": top_k_accuracy([ranked[i] for i in known_idx], [truths[i] for i in known_idx], 5),
+    }
+    if threshold is not None:
+        metrics["map5"] = map_at_k([insert_new_individual(c, threshold) for c in cands], truths)
+    return metrics, cands, truths
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train an identifier with ArcFace; write the weight format to ``cfg.out``.
+
+    Raises:
+        DataError: Bad CSVs or images. ConfigError: Bad options.
+        WeightsNotFoundError: Pretrained weights that cannot be had offline.
+    """
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    samples = read_catalog_csv(cfg.csv, cfg.images)
+    calib: list[Sample] = []
+    if cfg.calibration_csv:
+        calib = read_catalog_csv(cfg.calibration_csv, cfg.images)
+    elif cfg.calibration_fraction > 0:
+        samples, calib = split_by_group_hash(samples, cfg.calibration_fraction)
+    if not samples:
+        raise DataError("no training samples left after the calibration split")
+    labels = sorted({s.individual_id for s in samples})
+    label_index = {x: i for i, x in enumerate(labels)}
+    species = {s.individual_id: s.species for s in samples if s.species}
+    targets = np.array([label_index[s.individual_id] for s in samples])
+    rng = _seed_all(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, labels, species).to(device)
+    if cfg.dynamic_margin and model.head is not None:
+        counts = Counter(targets.tolist())
+        margins = dynamic_margins([counts[i] for i in range(len(labels))], m_max=cfg.m)
+        model.head.class_margins = margins.to(device)
+    pp = model.config.preprocess
+    augment = AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip)
+    logger.info("decoding %d training images", len(samples))
+    train_images = CatalogImages(samples, pp, augment, workers=cfg.workers)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(samples) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    use_amp = device.type == "cuda"
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, step = 0, 0
+    losses: list[float] = []
+    validation: list[dict[str, float]] = []
+    ckpt_dir = out / "checkpoints"
+    if cfg.resume:
+        start_epoch, step, losses, validation, rng = _load_checkpoint(
+            Path(cfg.resume), model, optimizer, scaler
+        )
+    val_images = None
+    if cfg.val_csv:
+        val_images = CatalogImages(
+            read_catalog_csv(cfg.val_csv, cfg.images), pp, workers=cfg.workers
+        )
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if cfg.sampler == "identity":
+            per_id = max(1, cfg.images_per_id)
+            batches = list(IdentitySampler(targets.tolist(), cfg.batch_size // per_id, per_id, rng))
+        else:
+            order = rng.permutation(len(samples))
+            batches = [
+                order[i : i + cfg.batch_size].tolist()
+                for i in range(0, steps_per_epoch * cfg.batch_size, cfg.batch_size)
+            ]
+        epoch_loss, seen, t0 = 0.0, 0, time.perf_counter()
+        bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
+        for batch in batches:
+            x = train_images.batch(batch, rng).to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.to(memory_format=torch.channels_last)
+            y = torch.as_tensor(targets[batch], device=device)
+            factor = _lr_factor(step, total_steps, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with torch.autocast(device.type, enabled=use_amp):
+                assert model.head is not None
+                logits = model.head(model(x), y)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            epoch_loss += float(loss.detach()) * len(batch)
+            seen += len(batch)
+            if bar is not None:
+                rate = seen / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{epoch_loss / seen:.3f}", img_s=f"{rate:.1f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        losses.append(epoch_loss / max(1, seen))
+        logger.info(
+            "epoch %d/%d loss %.4f (%.1f img/s)",
+            epoch + 1,
+            cfg.epochs,
+            losses[-1],
+            seen / max(1e-9, time.perf_counter() - t0),
+        )
+        if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            metrics, _, _ = _open_set_eval(model, train_images, val_images, "embedding")
+            metrics["epoch"] = epoch + 1
+            validation.append(metrics)
+            logger.info("validation after epoch %d: %s", epoch + 1, metrics)
+        _save_checkpoint(
+            ckpt_dir / "last.pt",
+            cfg,
+            model,
+            optimizer,
+            scaler,
+            epoch + 1,
+            step,
+            losses,
+            validation,
+            rng,
+        )
+    model = model.to(torch.device("cpu")).to(memory_format=torch.contiguous_format).eval()
+    calibration = _calibrate(model, train_images, calib, cfg) if calib else {}
+    if calibration:
+        model.config = model.config.replace(
+            new_individual_threshold=calibration["embedding"]["threshold"],
+            feature_new_individual_threshold=calibration["features"]["threshold"],
+        )
+    if model.head is not None:
+        model.head.class_margins = None
+    seconds = time.perf_counter() - started
+    card = _training_card(model, cfg, samples, calib, losses, validation, calibration, seconds)
+    model.save_pretrained(out, model_card=card)
+    atomic_write_text(
+        out / "training.json",
+        json.dumps(
+            {
+                "config": _cfg_dict(cfg),
+                "losses": losses,
+                "validation": validation,
+                "calibration": calibration,
+                "seconds": seconds,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    return TrainResult(out, losses, validation, calibration, seconds)
+
+
+def _calibrate(
+    model: Identifier, train_images: CatalogImages, calib: list[Sample], cfg: TrainConfig
+) -> dict[str, Any]:
+    from ..calibration import choose_new_individual_threshold  # noqa: PLC0415
+
+    calib_images = CatalogImages(calib, model.config.preprocess, workers=cfg.workers)
+    out: dict[str, Any] = {"n_queries": len(calib)}
+    kinds: tuple[EmbeddingKind, ...] = ("embedding", "features")
+    for kind in kinds:
+        metrics, cands, truths = _open_set_eval(model, train_images, calib_images, kind)
+        chosen = choose_new_individual_threshold(
+            cands, truths, new_fraction=cfg.calibration_new_fraction
+        )
+        out[kind] = {**chosen.to_dict(), "top1": metrics["top1"], "top5": metrics["top5"]}
+        logger.info("calibration (%s): %s", kind, out[kind])
+    return out
+
+
+def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
+    data = asdict(cfg)
+    data["input_size"] = list(cfg.input_size)
+    return data
+
+
+def _progress(total: int, desc: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # noqa: PLC0415 - optional nicety on terminals only
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False)
+
+
+def _save_checkpoint(
+    path: Path,
+    cfg: TrainConfig,
+    model: Identifier,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    step: int,
+    losses: list[float],
+    validation: list[dict[str, float]],
+    rng: np.random.Generator,
+) -> None:
+    state = {
+        "format": "ecomarine-train-checkpoint-1",
+        "config": json.dumps(_cfg_dict(cfg)),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "losses": losses,
+        "validation": json.dumps(validation),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(
+    path: Path,
+    model: Identifier,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> tuple[int, int, list[float], list[dict[str, float]], np.random.Generator]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such checkpoint") from exc
+    except Exception as exc:  # torch raises several types on corrupt files
+        raise DataError(f"{path}: not a readable training checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != "ecomarine-train-checkpoint-1":
+        raise DataError(f"{path}: not an ecomarine training checkpoint")
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    return (
+        int(state["epoch"]),
+        int(state["step"]),
+        list(state["losses"]),
+        json.loads(state["validation"]),
+        rng,
+    )
+
+
+def _training_card(
+    model: Identifier,
+    cfg: TrainConfig,
+    samples: list[Sample],
+    calib: list[Sample],
+    losses: list[float],
+    validation: list[dict[str, float]],
+    calibration: dict[str, Any],
+    seconds: float,
+) -> str:
+    n_ids = len({s.individual_id for s in samples})
+    lines = [
+        "## Training",
+        "",
+        "```bash",
+        cfg.command,
+        "```",
+        "",
+        f"- data: {len(samples)} images of {n_ids} individuals from `{cfg.csv}`",
+        f"- calibration queries (held out from training): {len(calib)}",
+        f"- epochs: {cfg.epochs}, batch size {cfg.batch_size}, lr {cfg.lr}, "
+        f"head {cfg.head} (s={cfg.s}, m={cfg.m}{', dynamic margins' if cfg.dynamic_margin else ''})",
+        f"- training time: {seconds / 60:.1f} min; final loss {losses[-1]:.4f}" if losses else "",
+    ]
+    if validation:
+        lines += ["", "### Validation", "", "```json", json.dumps(validation, indent=1), "```"]
+    if calibration:
+        lines += [
+            "",
+            "### Open-set calibration",
+            "",
+            "```json",
+            json.dumps(calibration, indent=1),
+            "```",
+        ]
+    return identifier_card(model, extra="\n".join(lines))
