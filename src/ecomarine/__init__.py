@@ -28,6 +28,7 @@ from .types import GateResult, Match, Prediction
 
 if TYPE_CHECKING:
     from .gallery import Gallery
+    from .gate import Gate
     from .heads import ArcMarginProduct
     from .identifier import Identifier
 
@@ -38,6 +39,7 @@ __all__ = [
     "EcomarineError",
     "Gallery",
     "GalleryError",
+    "Gate",
     "GateResult",
     "Identifier",
     "ImageTooLargeError",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Gate": "gate",
     "Gallery": "gallery",
     "ArcMarginProduct": "heads",
     "Identifier": "identifier",

@@ -18,7 +18,14 @@ from pathlib import Path
 from ._version import __version__
 from .errors import WeightsNotFoundError
 
-__all__ = ["HubLocation", "fetch_file", "is_offline", "parse_location", "upload_folder"]
+__all__ = [
+    "HubLocation",
+    "fetch_file",
+    "is_offline",
+    "parse_location",
+    "require_file",
+    "upload_folder",
+]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HINT = (
@@ -133,6 +140,14 @@ def fetch_file(location: HubLocation, filename: str, *, required: bool = True) -
             return None
         raise WeightsNotFoundError(f"{location.describe()}: missing file {filename!r}")
     return _download(location, filename, required)
+
+
+def require_file(location: HubLocation, filename: str) -> Path:
+    """Like :func:`fetch_file` with ``required=True``, typed as always returning a path."""
+    path = fetch_file(location, filename, required=True)
+    if path is None:  # pragma: no cover - fetch_file raises instead
+        raise WeightsNotFoundError(f"{location.describe()}: missing file {filename!r}")
+    return path
 
 
 def _download(location: HubLocation, filename: str, required: bool) -> Path | None:

@@ -392,8 +392,7 @@ class Identifier(nn.Module):
         species: dict[str, str] = {}
         if labels_path is not None:
             ids, species = _read_labels(labels_path)
-        weights_path = hub.fetch_file(location, WEIGHTS_NAME)
-        assert weights_path is not None
+        weights_path = hub.require_file(location, WEIGHTS_NAME)
         model = cls(config, ids, species)
         try:
             state = load_safetensors_bytes(weights_path.read_bytes())

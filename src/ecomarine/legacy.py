@@ -67,8 +67,7 @@ def load_legacy(location: hub.HubLocation, *, allow_pickle: bool = False) -> Ide
             f"{location.describe()}: no config.json (ecomarine format) and no "
             f"{CHECKPOINT_NAME} (EcoMarineAI format){offline}"
         )
-    classes = hub.fetch_file(location, CLASSES_NAME)
-    assert classes is not None
+    classes = hub.require_file(location, CLASSES_NAME)
     species_path = hub.fetch_file(location, SPECIES_NAME, required=False)
     state = _load_checkpoint(ckpt, allow_pickle)
     labels = _load_classes(classes, allow_pickle)
