@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .gate import Gate
     from .heads import ArcMarginProduct
     from .identifier import Identifier
+    from .pipeline import Pipeline
 
 __all__ = [
     "ArcMarginProduct",
@@ -45,6 +46,7 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidImageError",
     "Match",
+    "Pipeline",
     "Prediction",
     "UnsafeFileError",
     "WeightsNotFoundError",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Pipeline": "pipeline",
     "Gate": "gate",
     "Gallery": "gallery",
     "ArcMarginProduct": "heads",

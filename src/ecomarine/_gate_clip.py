@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -17,6 +17,9 @@ from torch import nn
 from . import hub
 from .config import PreprocessConfig
 from .errors import ConfigError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from .gate import Gate
 
 __all__ = ["ClipBackend", "clip_gate"]
 
@@ -164,9 +167,14 @@ def clip_gate(
     negative: Sequence[str] | None = None,
     threshold: float = 0.5,
     cache_dir: str | None = None,
-) -> Any:
+) -> Gate:
     """Build a CLIP :class:`~ecomarine.gate.Gate` (downloads the model lazily via open_clip)."""
-    from .gate import DEFAULT_NEGATIVE_PROMPTS, DEFAULT_POSITIVE_PROMPTS, Gate, GateConfig  # noqa: PLC0415
+    from .gate import (  # noqa: PLC0415
+        DEFAULT_NEGATIVE_PROMPTS,
+        DEFAULT_POSITIVE_PROMPTS,
+        Gate,
+        GateConfig,
+    )
 
     pos = tuple(DEFAULT_POSITIVE_PROMPTS if positive is None else positive)
     neg = tuple(DEFAULT_NEGATIVE_PROMPTS if negative is None else negative)

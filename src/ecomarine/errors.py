@@ -6,6 +6,8 @@ can catch one type. The CLI turns these into a one-line message and exit code 2.
 
 from __future__ import annotations
 
+import copy
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -34,6 +36,13 @@ class InvalidImageError(EcomarineError, ValueError):
         self.source = source
         self.reason = reason
         super().__init__(f"cannot read image {source}: {reason}")
+
+    def renamed(self, source: str) -> InvalidImageError:
+        """The same error, naming ``source`` (e.g. a path after reading its bytes)."""
+        clone = copy.copy(self)
+        clone.source = source
+        clone.args = (f"cannot read image {source}: {self.reason}",)
+        return clone
 
 
 class ImageTooLargeError(InvalidImageError):

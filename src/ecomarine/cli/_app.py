@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import click
 
-from ._version import __version__
-from .errors import EcomarineError
+from .._version import __version__
+from ..errors import EcomarineError
 
 __all__ = ["cli", "main"]
 

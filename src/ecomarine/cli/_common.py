@@ -1,0 +1,136 @@
+"""Helpers shared by the CLI commands: inputs, outputs, progress, tables."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .._atomic import atomic_write_text
+from ..types import Prediction
+
+_T = TypeVar("_T")
+
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+    ".heic",
+    ".heif",
+}
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Files as given; folders searched recursively for images; globs expanded.
+
+    Raises:
+        click.BadParameter: When an argument matches nothing.
+    """
+    out: list[Path] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            out += found
+        elif p.exists():
+            out.append(p)
+        elif any(ch in arg for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))  # noqa: PTH207 - absolute globs
+            if not matches:
+                raise click.BadParameter(f"no files match {arg!r}")
+            out += [m for m in matches if m.is_file()]
+        else:
+            # Keep it: the pipeline reports a missing file as a rejected prediction.
+            out.append(p)
+    return out
+
+
+def progress(items: Iterable[_T], total: int | None, label: str) -> Iterator[_T]:
+    """A progress bar on a terminal; silent otherwise."""
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    with click.progressbar(items, length=total, label=label, file=sys.stderr) as bar:
+        yield from bar
+
+
+def verdict(p: Prediction) -> str:
+    """A short human verdict for a prediction."""
+    if p.rejection_reason:
+        return f"rejected: {p.rejection_reason}"
+    if p.is_new_individual:
+        return "NEW individual"
+    if p.individual_id:
+        return p.individual_id
+    return "cetacean (no catalogue)"
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
+    """Write ``.jsonl`` (full records) or ``.csv`` (flat summary), atomically."""
+    if path.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions)
+    elif path.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(
+            [
+                "source",
+                "is_cetacean",
+                "gate_score",
+                "individual_id",
+                "is_new_individual",
+                "score",
+                "species",
+                "candidates",
+                "rejection_reason",
+                "sha256",
+            ]
+        )
+        for p in predictions:
+            best = p.candidates[0].score if p.candidates else None
+            writer.writerow(
+                [
+                    p.source,
+                    p.is_cetacean,
+                    p.gate_score,
+                    p.individual_id,
+                    p.is_new_individual,
+                    best,
+                    p.species,
+                    " ".join(m.individual_id for m in p.candidates),
+                    p.rejection_reason or "",
+                    p.sha256 or "",
+                ]
+            )
+        text = buf.getvalue()
+    else:
+        raise click.BadParameter(f"{path}: output must end in .csv or .jsonl")
+    atomic_write_text(path, text)
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """Format an optional float."""
+    return "" if x is None else f"{x:.{digits}f}"

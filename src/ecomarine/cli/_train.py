@@ -1,0 +1,200 @@
+"""``ecomarine train`` and ``ecomarine evaluate``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from .._atomic import atomic_write_text
+from ._app import cli
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in value.lower().split("x"))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected HxW such as 256x96, got {value!r}") from exc
+    return h, w
+
+
+@cli.command()
+@click.option(
+    "--csv",
+    "csv_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="image,individual_id[,species,encounter,date]",
+)
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--backbone",
+    default="embedded",
+    show_default=True,
+    help='"embedded" (offline Lite0) or any timm name.',
+)
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True)
+@click.option("--input-size", default="256x96", show_default=True, help="HxW")
+@click.option("--embedding-size", default=512, show_default=True, type=click.IntRange(8, 8192))
+@click.option(
+    "--head", type=click.Choice(["arcface", "subcenter"]), default="arcface", show_default=True
+)
+@click.option("--dynamic-margin", is_flag=True, help="Per-class margins from class frequency.")
+@click.option(
+    "--s", "scale", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option("--m", "margin", default=0.5, show_default=True, type=click.FloatRange(0, 1.5))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--backbone-lr",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Default: lr / 10.",
+)
+@click.option(
+    "--sampler", type=click.Choice(["random", "identity"]), default="random", show_default=True
+)
+@click.option(
+    "--hflip/--no-hflip", default=False, help="Horizontal flips (swap left/right markings!)."
+)
+@click.option("--val-csv", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--calibration-csv",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Held-out queries for the open-set threshold.",
+)
+@click.option(
+    "--calibration-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 0.9)
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint (out/checkpoints/last.pt).",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default=None, help="cpu, cuda, mps (default: best available).")
+@click.option("--name", default="custom", show_default=True)
+def train(
+    csv_path: str,
+    images: str,
+    out: str,
+    backbone: str,
+    pretrained: bool,
+    input_size: str,
+    embedding_size: int,
+    head: str,
+    dynamic_margin: bool,
+    scale: float,
+    margin: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    backbone_lr: float | None,
+    sampler: str,
+    hflip: bool,
+    val_csv: str | None,
+    calibration_csv: str | None,
+    calibration_fraction: float,
+    resume: str | None,
+    seed: int,
+    device: str | None,
+    name: str,
+) -> None:
+    """Train an identifier (ArcFace) on a labelled catalogue."""
+    from ..training import TrainConfig  # noqa: PLC0415
+    from ..training import train as run  # noqa: PLC0415
+
+    logging.getLogger("ecomarine").setLevel(logging.INFO)
+    cfg = TrainConfig(
+        csv=csv_path,
+        images=images,
+        out=out,
+        backbone=backbone,
+        pretrained=pretrained,
+        input_size=_size(input_size),
+        embedding_size=embedding_size,
+        head=head,
+        dynamic_margin=dynamic_margin,
+        s=scale,
+        m=margin,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        backbone_lr=backbone_lr,
+        sampler=sampler,
+        hflip=hflip,
+        val_csv=val_csv,
+        calibration_csv=calibration_csv,
+        calibration_fraction=calibration_fraction,
+        resume=resume,
+        seed=seed,
+        device=device,
+        name=name,
+    )
+    result = run(cfg)
+    click.echo(
+        f"trained {epochs} epochs in {result.seconds / 60:.1f} min; final loss {result.losses[-1]:.4f}"
+    )
+    if result.calibration:
+        c = result.calibration["embedding"]
+        click.echo(f"open-set threshold {c['threshold']:.3f} (calibration MAP@5 {c['map5']:.3f})")
+    click.echo(f"model written to {result.out}")
+
+
+@cli.command()
+@click.option("--model", default="embedded", show_default=True)
+@click.option("--gallery-csv", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--query-csv", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--threshold-from",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Calibrate the threshold on these queries instead of using the model's.",
+)
+@click.option(
+    "--threshold", type=click.FloatRange(-1, 1), default=None, help="Use this open-set threshold."
+)
+@click.option(
+    "--kind", type=click.Choice(["embedding", "features"]), default="embedding", show_default=True
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+def evaluate(
+    model: str,
+    gallery_csv: str,
+    query_csv: str,
+    images: str,
+    threshold_from: str | None,
+    threshold: float | None,
+    kind: str,
+    json_out: Path | None,
+    md_out: Path | None,
+    batch_size: int,
+) -> None:
+    """Open-set evaluation: MAP@5 with new_individual, top-1/5, ROC-AUC, mAP."""
+    from ..evaluation import evaluate_open_set, report_markdown  # noqa: PLC0415
+    from ..identifier import Identifier  # noqa: PLC0415
+    from ..training.data import read_catalog_csv  # noqa: PLC0415
+
+    ident = Identifier.from_pretrained(model)
+    report = evaluate_open_set(
+        ident,
+        read_catalog_csv(gallery_csv, images),
+        read_catalog_csv(query_csv, images),
+        kind=kind,  # type: ignore[arg-type]
+        threshold=threshold,
+        calibration_samples=read_catalog_csv(threshold_from, images) if threshold_from else None,
+        batch_size=batch_size,
+    )
+    md = report_markdown(report)
+    click.echo(md)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+    if md_out is not None:
+        atomic_write_text(md_out, md)

@@ -1,0 +1,170 @@
+"""Open-set evaluation: a gallery CSV, a query CSV, one identifier -> a metrics report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .calibration import choose_new_individual_threshold
+from .gallery import Gallery
+from .identifier import EmbeddingKind, Identifier
+from .metrics import (
+    NEW_INDIVIDUAL,
+    insert_new_individual,
+    map_at_k,
+    retrieval_map,
+    roc_auc,
+    top_k_accuracy,
+)
+from .training.data import Sample
+
+__all__ = ["EvaluationReport", "evaluate_open_set", "report_markdown"]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Figures of one open-set evaluation (the beluga next-season protocol and the like).
+
+    Attributes:
+        map5: MAP@5 with ``new_individual`` as a label (Happywhale definition).
+        top1: Top-1 accuracy over queries of known individuals.
+        top5: Top-5 accuracy over queries of known individuals.
+        new_individual_roc_auc: How well ``1 - best score`` separates new from known.
+        retrieval_map: mAP of ranking gallery images for known queries.
+        map5_always_new: MAP@5 of answering ``new_individual`` first for every query.
+        threshold: The open-set threshold used. threshold_source: Where it came from.
+        n_queries: Queries. n_known: Of known individuals. n_new: Of new individuals.
+        n_gallery: Gallery images. embedding_kind: Which embedding was used. model: Name.
+    """
+
+    map5: float
+    top1: float
+    top5: float
+    new_individual_roc_auc: float
+    retrieval_map: float
+    map5_always_new: float
+    threshold: float | None
+    threshold_source: str
+    n_queries: int
+    n_known: int
+    n_new: int
+    n_gallery: int
+    embedding_kind: str
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN becomes ``None``)."""
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
+
+
+def evaluate_open_set(
+    identifier: Identifier,
+    gallery_samples: Sequence[Sample],
+    query_samples: Sequence[Sample],
+    *,
+    kind: EmbeddingKind = "embedding",
+    threshold: float | None = None,
+    calibration_samples: Sequence[Sample] | None = None,
+    calibration_new_fraction: float | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+) -> EvaluationReport:
+    """Embed both sets, search, and compute every metric.
+
+    The threshold is, in order: ``threshold``; else calibrated on
+    ``calibration_samples`` queried against the gallery; else the identifier's shipped
+    one; else none (``new_individual`` is then ranked after the five candidates).
+    """
+    g_emb = identifier.embed(
+        [s.path for s in gallery_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
+    )
+    gallery = Gallery(use_faiss=None)
+    gallery.add(g_emb, [s.individual_id for s in gallery_samples])
+    known = set(gallery.individuals())
+    source = "argument"
+    if threshold is None and calibration_samples:
+        c_emb = identifier.embed(
+            [s.path for s in calibration_samples],
+            batch_size=batch_size,
+            kind=kind,
+            num_workers=num_workers,
+        )
+        # Calibration queries must not find themselves: search a gallery without them.
+        own = {s.image for s in calibration_samples}
+        keep = [i for i, s in enumerate(gallery_samples) if s.image not in own]
+        cal_gallery = Gallery(use_faiss=None)
+        cal_gallery.add(g_emb[keep], [gallery_samples[i].individual_id for i in keep])
+        cal_known = set(cal_gallery.individuals())
+        truths = [
+            s.individual_id if s.individual_id in cal_known else NEW_INDIVIDUAL
+            for s in calibration_samples
+        ]
+        threshold = choose_new_individual_threshold(
+            cal_gallery.search(c_emb, 5), truths, new_fraction=calibration_new_fraction
+        ).threshold
+        source = "calibration queries"
+    elif threshold is None:
+        threshold = identifier.threshold_for(kind)
+        source = "shipped with the model" if threshold is not None else "none"
+    q_emb = identifier.embed(
+        [s.path for s in query_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
+    )
+    cands = gallery.search(q_emb, 5)
+    truths = [
+        s.individual_id if s.individual_id in known else NEW_INDIVIDUAL for s in query_samples
+    ]
+    preds = [insert_new_individual(c, threshold) for c in cands]
+    known_idx = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
+    ranked = [[m.individual_id for m in cands[i]] for i in known_idx]
+    known_truths = [truths[i] for i in known_idx]
+    best = np.array([c[0].score if c else -1.0 for c in cands])
+    is_new = np.array([t == NEW_INDIVIDUAL for t in truths])
+    sim = q_emb[known_idx] @ g_emb.T if known_idx else np.zeros((0, len(g_emb)))
+    return EvaluationReport(
+        map5=map_at_k(preds, truths),
+        top1=top_k_accuracy(ranked, known_truths, 1),
+        top5=top_k_accuracy(ranked, known_truths, 5),
+        new_individual_roc_auc=roc_auc(-best, is_new),
+        retrieval_map=retrieval_map(sim, known_truths, [s.individual_id for s in gallery_samples]),
+        map5_always_new=float(is_new.mean()) if len(is_new) else 0.0,
+        threshold=threshold,
+        threshold_source=source,
+        n_queries=len(truths),
+        n_known=len(known_idx),
+        n_new=int(is_new.sum()),
+        n_gallery=len(gallery_samples),
+        embedding_kind=kind,
+        model=identifier.config.name,
+    )
+
+
+def report_markdown(report: EvaluationReport, title: str = "Open-set evaluation") -> str:
+    """A markdown table of a report."""
+    d = report.to_dict()
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = [
+        ("MAP@5 (with new_individual)", d["map5"]),
+        ("top-1 (known individuals)", d["top1"]),
+        ("top-5 (known individuals)", d["top5"]),
+        ("new-individual ROC-AUC", d["new_individual_roc_auc"]),
+        ("retrieval mAP (known individuals)", d["retrieval_map"]),
+        ("MAP@5 answering new_individual always", d["map5_always_new"]),
+        ("open-set threshold", d["threshold"]),
+        ("threshold from", d["threshold_source"]),
+        ("queries (known / new)", f"{d['n_queries']} ({d['n_known']} / {d['n_new']})"),
+        ("gallery images", d["n_gallery"]),
+        ("model / embedding", f"{d['model']} / {d['embedding_kind']}"),
+    ]
+    lines = [f"## {title}", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
