@@ -38,3 +38,19 @@ def gate_dir() -> Path:
 def whale_jpeg(gate_dir: Path) -> Path:
     """A real Happywhale photo (evaluation only; read in place, never copied)."""
     return sorted((gate_dir / "positives" / "happywhale").glob("*.jpg"))[0]
+
+
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def embedded_pipeline():  # type: ignore[no-untyped-def]
+    """One embedded pipeline per session (loading costs a few seconds)."""
+    from ecomarine import Pipeline
+
+    return Pipeline.from_pretrained("embedded", device="cpu")

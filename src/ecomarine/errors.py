@@ -7,6 +7,7 @@ can catch one type. The CLI turns these into a one-line message and exit code 2.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -22,6 +23,20 @@ __all__ = [
 
 class EcomarineError(Exception):
     """Base class of every error ecomarine raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take extra constructor arguments; rebuild from args + attributes so
+        # that errors survive copy, pickle and multiprocessing.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[EcomarineError], args: tuple[Any, ...], state: dict[str, Any]
+) -> EcomarineError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
 
 
 class InvalidImageError(EcomarineError, ValueError):

@@ -1,0 +1,152 @@
+"""A short training run, for real: tiny timm backbone, the example belugas, a few epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecomarine import DataError, Identifier
+from ecomarine.evaluation import evaluate_open_set, report_markdown
+from ecomarine.training import (
+    IdentitySampler,
+    TrainConfig,
+    read_catalog_csv,
+    split_by_group_hash,
+    train,
+)
+
+
+def _cfg(examples_dir: Path, out: Path, **changes: object) -> TrainConfig:
+    belugas = examples_dir / "belugas"
+    base = {
+        "csv": str(belugas / "gallery.csv"),
+        "images": str(belugas),
+        "out": str(out),
+        "backbone": "test_efficientnet",
+        "pretrained": False,
+        "input_size": (64, 32),
+        "embedding_size": 32,
+        "epochs": 4,
+        "batch_size": 12,
+        "lr": 3e-3,
+        "backbone_lr": 3e-3,
+        "m": 0.2,
+        "calibration_csv": str(belugas / "queries.csv"),
+        "seed": 0,
+        "device": "cpu",
+        "workers": 2,
+        "command": "pytest smoke",
+    }
+    base.update(changes)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_training_smoke_loss_falls_and_output_loads(tmp_path: Path, examples_dir: Path) -> None:
+    result = train(_cfg(examples_dir, tmp_path / "model"))
+    assert len(result.losses) == 4
+    assert result.losses[-1] < result.losses[0]
+    assert np.isfinite(result.losses).all()
+    ident = Identifier.from_pretrained(tmp_path / "model", device="cpu")
+    assert ident.config.backbone == "test_efficientnet"
+    assert len(ident.labels) == 12
+    assert ident.new_individual_threshold is not None
+    assert ident.config.feature_new_individual_threshold is not None
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "pytest smoke" in card
+    assert "Open-set calibration" in card
+    record = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert record["losses"] == result.losses
+    emb = ident.embed(sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:2])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
+
+
+def test_training_is_deterministic_and_resumes(tmp_path: Path, examples_dir: Path) -> None:
+    a = train(_cfg(examples_dir, tmp_path / "a", epochs=2, calibration_csv=None))
+    b = train(_cfg(examples_dir, tmp_path / "b", epochs=2, calibration_csv=None))
+    assert a.losses == b.losses
+    one = train(_cfg(examples_dir, tmp_path / "c", epochs=1, calibration_csv=None))
+    resumed = train(
+        _cfg(
+            examples_dir,
+            tmp_path / "c",
+            epochs=2,
+            calibration_csv=None,
+            resume=str(tmp_path / "c" / "checkpoints" / "last.pt"),
+        )
+    )
+    assert resumed.losses[0] == one.losses[0]
+    assert resumed.losses == pytest.approx(a.losses, rel=1e-4)
+
+
+def test_identity_sampler_and_subcenter(tmp_path: Path, examples_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    sampler = IdentitySampler([0, 0, 0, 1, 1, 2], ids_per_batch=2, images_per_id=2, rng=rng)
+    for batch in sampler:
+        assert len(batch) == 4
+        labels = [[0, 0, 0, 1, 1, 2][i] for i in batch]
+        assert len(set(labels)) == 2
+    r = train(
+        _cfg(
+            examples_dir,
+            tmp_path / "s",
+            epochs=1,
+            head="subcenter",
+            sampler="identity",
+            dynamic_margin=True,
+            calibration_csv=None,
+        )
+    )
+    assert np.isfinite(r.losses).all()
+
+
+def test_catalog_csv_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    cases = {
+        "image,whale\na.jpg,w\n": "missing column",
+        "image,individual_id\na.jpg,\n": "empty",
+        "image,individual_id\na.jpg,w\na.jpg,w\n": "duplicate",
+        "image,individual_id\nb.jpg,w\n": "not found",
+        "image,individual_id,latitude\na.jpg,w,200\n": "outside",
+        "image,individual_id\n": "no rows",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "c.csv"
+        path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_catalog_csv(path)
+
+
+def test_calibration_split_is_fixed(examples_dir: Path) -> None:
+    samples = read_catalog_csv(examples_dir / "belugas" / "gallery.csv")
+    kept, held = split_by_group_hash(samples, 0.3)
+    _kept2, held2 = split_by_group_hash(list(reversed(samples)), 0.3)
+    assert {s.image for s in held} == {s.image for s in held2}
+    assert len(kept) + len(held) == len(samples)
+    encounters_held = {s.encounter for s in held}
+    assert all(s.encounter not in encounters_held for s in kept)
+
+
+def test_evaluate_open_set_on_examples(examples_dir: Path) -> None:
+    belugas = examples_dir / "belugas"
+    gallery = read_catalog_csv(belugas / "gallery.csv")
+    queries = read_catalog_csv(belugas / "queries.csv")
+    ident = Identifier.from_pretrained("embedded", device="cpu")
+    # Drop two whales from the gallery so that their queries are new individuals.
+    dropped = {queries[0].individual_id, queries[1].individual_id}
+    report = evaluate_open_set(
+        ident,
+        [s for s in gallery if s.individual_id not in dropped],
+        queries,
+        kind="features",
+        threshold=0.5,
+    )
+    assert report.n_queries == 12
+    assert report.n_new == 2
+    assert report.n_known == 10
+    assert 0.0 <= report.top1 <= report.top5 <= 1.0
+    assert report.map5_always_new == pytest.approx(2 / 12)
+    assert "MAP@5" in report_markdown(report)
