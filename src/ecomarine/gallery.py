@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -496,42 +497,66 @@ class Gallery:
         """Save atomically: new data files first, then the manifest is swapped in.
 
         An interrupted save leaves the previous gallery loadable. A lock file keeps two
-        processes from saving to the same folder at once.
+        processes from saving to the same folder at once (the second gets a
+        :class:`GalleryError`); use :meth:`update` for read-modify-write.
         """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        with _locked(folder):
-            token = uuid.uuid4().hex[:12]
-            emb_name = f"embeddings-{token}.safetensors"
-            rec_name = f"records-{token}.jsonl"
-            emb_bytes = save_safetensors({"embeddings": np.ascontiguousarray(self._emb)})
-            rec_bytes = "".join(
-                json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in self.records()
-            ).encode("utf-8")
-            atomic_write_bytes(folder / emb_name, emb_bytes)
-            atomic_write_bytes(folder / rec_name, rec_bytes)
-            manifest = {
-                "format_version": GALLERY_FORMAT_VERSION,
-                "count": len(self),
-                "dim": self.dim,
-                "fingerprint": self.fingerprint,
-                "embedding_kind": self.embedding_kind,
-                "model_name": self.model_name,
-                "new_individual_threshold": self.new_individual_threshold,
-                "aggregation": self.aggregation,
-                "index_kind": self.index_kind,
-                "files": {
-                    "embeddings": {"name": emb_name, "sha256": _sha256(emb_bytes)},
-                    "records": {"name": rec_name, "sha256": _sha256(rec_bytes)},
-                },
-            }
-            atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-            for stale in list(folder.glob("embeddings-*.safetensors")) + list(
-                folder.glob("records-*.jsonl")
-            ):
-                if stale.name not in (emb_name, rec_name):
-                    with contextlib.suppress(OSError):
-                        stale.unlink()
+        with _locked(folder, wait=False):
+            return self._save_locked(folder)
+
+    @classmethod
+    @contextlib.contextmanager
+    def update(
+        cls, directory: str | os.PathLike[str], *, timeout: float = 60.0, **load_kwargs: Any
+    ) -> Iterator[Gallery]:
+        """Load, let the caller modify, and save a gallery under one exclusive lock.
+
+        Two processes adding to the same gallery folder this way never lose each other's
+        additions: the second waits (up to ``timeout`` seconds) for the first.
+
+        Example:
+            >>> with Gallery.update("my-gallery") as g:  # doctest: +SKIP
+            ...     g.add(vectors, ids)
+        """
+        folder = Path(directory)
+        with _locked(folder, wait=True, timeout=timeout):
+            gallery = cls.load(folder, **load_kwargs)
+            yield gallery
+            gallery._save_locked(folder)
+
+    def _save_locked(self, folder: Path) -> Path:
+        token = uuid.uuid4().hex[:12]
+        emb_name = f"embeddings-{token}.safetensors"
+        rec_name = f"records-{token}.jsonl"
+        emb_bytes = save_safetensors({"embeddings": np.ascontiguousarray(self._emb)})
+        rec_bytes = "".join(
+            json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in self.records()
+        ).encode("utf-8")
+        atomic_write_bytes(folder / emb_name, emb_bytes)
+        atomic_write_bytes(folder / rec_name, rec_bytes)
+        manifest = {
+            "format_version": GALLERY_FORMAT_VERSION,
+            "count": len(self),
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "embedding_kind": self.embedding_kind,
+            "model_name": self.model_name,
+            "new_individual_threshold": self.new_individual_threshold,
+            "aggregation": self.aggregation,
+            "index_kind": self.index_kind,
+            "files": {
+                "embeddings": {"name": emb_name, "sha256": _sha256(emb_bytes)},
+                "records": {"name": rec_name, "sha256": _sha256(rec_bytes)},
+            },
+        }
+        atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        for stale in list(folder.glob("embeddings-*.safetensors")) + list(
+            folder.glob("records-*.jsonl")
+        ):
+            if stale.name not in (emb_name, rec_name):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         return folder
 
     @classmethod
@@ -650,17 +675,26 @@ def _read_checked(folder: Path, entry: Mapping[str, Any]) -> bytes:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path, *, wait: bool, timeout: float = 60.0) -> Iterator[None]:
     try:
         import fcntl  # noqa: PLC0415 - POSIX only
     except ImportError:  # pragma: no cover - Windows: no advisory locks, best effort
         yield
         return
+    if not folder.is_dir():
+        raise GalleryError(f"{folder}: not a gallery folder")
     with (folder / LOCK_NAME).open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise GalleryError(f"{folder}: another process is saving this gallery") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if not wait or time.monotonic() > deadline:
+                    raise GalleryError(
+                        f"{folder}: another process is writing this gallery; try again"
+                    ) from exc
+                time.sleep(0.05)
         try:
             yield
         finally:

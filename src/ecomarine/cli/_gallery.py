@@ -95,11 +95,10 @@ def add(
     from ..gallery import Gallery  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
 
-    existing = Gallery.load(gallery_dir)
-    pipe = Pipeline.from_pretrained(model, gate="None", embedding_kind=existing.embedding_kind)  # type: ignore[arg-type]
-    pipe.attach_gallery(existing)
-    n = _embed_catalog(pipe, csv_path, images, batch_size)
-    existing.save(gallery_dir)
+    with Gallery.update(gallery_dir) as existing:  # one lock across load, add and save
+        pipe = Pipeline.from_pretrained(model, gate="None", embedding_kind=existing.embedding_kind)  # type: ignore[arg-type]
+        pipe.attach_gallery(existing)
+        n = _embed_catalog(pipe, csv_path, images, batch_size)
     click.echo(
         f"added {n} photos; gallery now {len(existing)} photos of {len(existing.individuals())} individuals"
     )
@@ -143,7 +142,6 @@ def remove(gallery_dir: Path, individual: str | None, image_ids: tuple[str, ...]
 
     if (individual is None) == (not image_ids):
         raise click.UsageError("pass exactly one of --individual or --image")
-    g = Gallery.load(gallery_dir)
-    n = g.remove(individual_id=individual, image_ids=list(image_ids) if image_ids else None)
-    g.save(gallery_dir)
+    with Gallery.update(gallery_dir) as g:
+        n = g.remove(individual_id=individual, image_ids=list(image_ids) if image_ids else None)
     click.echo(f"removed {n} photos; {len(g)} remain")
