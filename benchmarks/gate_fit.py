@@ -185,6 +185,18 @@ def main() -> None:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        "Leave-one-group-out ROC-AUC of the embedded gate's head (refit without the group, then "
+        "that group scored against the opposite class of the gate set), from "
+        f"`{result['command']}`:",
+        "",
+        "| held-out group | ROC-AUC |",
+        "| --- | --- |",
+        *[f"| {g} | {v:.3f} |" for g, v in logo.items()],
+        "",
+        "The Happywhale photos and the gate set's own top-view belugas are never fitted on.",
+    ]
+    args.results.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -109,6 +109,26 @@ def throughput(
     }
 
 
+def gate_throughput(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> dict[str, Any]:
+    """The embedded gate alone: decode + score (``Gate.score``) and the network on batches."""
+    assert pipe.gate is not None
+    gate = pipe.gate
+    real = [p for p in photos if "large_" not in p.name]
+    pre = torch.from_numpy(
+        np.stack([preprocess(Image.open(p).convert("RGB"), gate.config.preprocess) for p in real])
+    )
+    score = timed(lambda: gate.score(real, batch_size=batch, num_workers=2), repeats)
+    net = timed(
+        lambda: [gate.score_tensor(pre[s : s + batch]) for s in range(0, len(real), batch)], repeats
+    )
+    return {
+        "photos": len(real),
+        "batch_size": batch,
+        "gate_score_images_per_s": round(len(real) / statistics.median(score), 2),
+        "gate_network_images_per_s": round(len(real) / statistics.median(net), 2),
+    }
+
+
 def first_prediction(photo: Path, repeats: int) -> dict[str, Any]:
     code = (
         "import time; t=time.perf_counter(); from ecomarine import Pipeline; "
@@ -219,6 +239,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"| `Pipeline.predict_many` ({t['decode_workers']} decode threads) | {r['pipeline']} img/s |",
         f"| pipeline / reference | {t['pipeline_vs_reference']}x |",
         f"| pipeline / networks only | {t['pipeline_vs_networks_only']}x |",
+        f"| embedded gate alone: `Gate.score` on {res['gate']['photos']} real photos | {res['gate']['gate_score_images_per_s']} img/s |",
+        f"| embedded gate alone: network on pre-decoded batches | {res['gate']['gate_network_images_per_s']} img/s |",
         f"| time to first prediction (fresh process) | {res['first_prediction']['seconds_median']} s |",
         f"| peak RSS, `predict_many` over {res['memory']['photos']} photos | {res['memory']['peak_rss_mb']} MB |",
     ]
@@ -257,6 +279,8 @@ def main() -> None:
         pipe, photos, batch=16, workers=2, repeats=2 if args.quick else 3
     )
     print(json.dumps(res["throughput"], indent=1), flush=True)
+    res["gate"] = gate_throughput(pipe, photos, batch=16, repeats=2 if args.quick else 3)
+    print(res["gate"], flush=True)
     res["first_prediction"] = first_prediction(photos[0], 3)
     print(res["first_prediction"], flush=True)
     res["memory"] = peak_memory(photos, 200 if args.quick else 2000)

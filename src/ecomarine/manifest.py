@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._text import read_csv
 from .errors import DataError
 
 __all__ = ["ManifestEntry", "read_gate_manifest"]
@@ -29,18 +29,11 @@ def read_gate_manifest(path: str | Path) -> list[ManifestEntry]:
         DataError: Missing columns, unknown labels, bad encoding or missing files.
     """
     manifest = Path(path)
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as exc:
-        raise DataError(f"{manifest}: no such manifest") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{manifest}: not UTF-8 text") from exc
-    reader = csv.DictReader(text.splitlines())
-    fields = reader.fieldnames or []
+    fields, rows = read_csv(manifest, "manifest")
     if "relpath" not in fields or "label" not in fields:
         raise DataError(f"{manifest}: needs columns relpath,label[,group]; found {fields}")
     out = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         label = (row.get("label") or "").strip()
         if label not in (POSITIVE, NEGATIVE):
             raise DataError(

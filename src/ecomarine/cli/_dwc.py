@@ -35,15 +35,13 @@ def export_dwc(
     include_rejected: bool,
 ) -> None:
     """Turn RESULTS (from `ecomarine identify --output x.jsonl`) into a DwC-A for GBIF."""
+    from .._text import read_utf8  # noqa: PLC0415
     from ..darwin_core import DatasetMetadata, write_dwca  # noqa: PLC0415
     from ..errors import DataError  # noqa: PLC0415
     from ..types import Prediction  # noqa: PLC0415
 
     preds = []
-    try:
-        lines = results.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{results}: not UTF-8 text") from exc
+    lines = read_utf8(results, "results file").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -153,8 +153,16 @@ def _plot_roc(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the figures as JSON.",
 )
+@click.option(
+    "--markdown",
+    "md_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a markdown table.",
+)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-def evaluate(manifest: Path, backend: str, json_out: Path | None, batch_size: int) -> None:
+def evaluate(
+    manifest: Path, backend: str, json_out: Path | None, md_out: Path | None, batch_size: int
+) -> None:
     """Measure the gate on a labelled manifest at its shipped threshold."""
     from ..calibration import calibrate_binary  # noqa: PLC0415
     from ..manifest import read_gate_manifest  # noqa: PLC0415
@@ -207,3 +215,22 @@ def evaluate(manifest: Path, backend: str, json_out: Path | None, batch_size: in
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+    if md_out is not None:
+        atomic_write_text(md_out, _gate_markdown(result))
+        click.echo(f"wrote {md_out}")
+
+
+def _gate_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Gate `{result['backend']}` on `{Path(result['manifest']).name}` at its shipped threshold "
+        f"{result['threshold']:.3f}: ROC-AUC {result['roc_auc']:.3f}, TPR {result['tpr']:.3f}, "
+        f"TNR {result['tnr']:.3f} ({result['n_positive']} cetacean, {result['n_negative']} other photos).",
+        "",
+        "| group | label | photos | accuracy | median score |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, g in result["per_group"].items():
+        lines.append(
+            f"| {name} | {g['label']} | {g['n']} | {g['accuracy']:.3f} | {g['median_score']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

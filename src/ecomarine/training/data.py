@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from collections import defaultdict
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._text import read_csv
 from ..config import PreprocessConfig
 from ..errors import DataError, InvalidImageError
 from ..io import load_image
@@ -83,23 +83,13 @@ def read_catalog_csv(
     """
     path = Path(csv_path)
     root = Path(images_dir) if images_dir is not None else path.parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: no such CSV file") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    reader = csv.DictReader(text.splitlines())
-    fields = [f.strip() for f in (reader.fieldnames or [])]
+    fields, rows = read_csv(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {fields}")
     samples: list[Sample] = []
     seen: set[str] = set()
-    for line, raw in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+    for line, row in enumerate(rows, start=2):
         image, ind = row.get("image", ""), row.get("individual_id", "")
         if not image or not ind:
             raise DataError(f"{path}:{line}: empty image or individual_id")
