@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/beluga-model"))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-size", default="256x96", help="HxW")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prepare(args.data, args.splits)
@@ -52,7 +53,7 @@ def main() -> None:
             images=str(args.data),
             out=str(args.out),
             backbone="embedded",
-            input_size=(256, 96),
+            input_size=(int(args.input_size.split("x")[0]), int(args.input_size.split("x")[1])),
             embedding_size=512,
             head="arcface",
             s=30.0,
@@ -66,7 +67,10 @@ def main() -> None:
             calibration_new_fraction=turnover,
             seed=args.seed,
             name="embedded-beluga-lite0",
-            command=f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed}",
+            command=(
+                f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed} "
+                f"--input-size {args.input_size}"
+            ),
         )
     )
     logging.info("done in %.1f min; calibration %s", result.seconds / 60, result.calibration)

@@ -16,6 +16,17 @@ from typing import IO
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; written files should get the usual
+# permissions (0666 minus the umask), like a plain open() would give them.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Flush a directory entry to disk (no-op where the OS does not support it)."""
     try:
@@ -48,6 +59,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        Path(tmp).chmod(_FILE_MODE)
         Path(tmp).replace(target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
