@@ -91,7 +91,7 @@ class Identifier(nn.Module):
     Example:
         >>> ident = Identifier.from_pretrained("embedded")  # doctest: +SKIP
         >>> ident.embed(["whale.jpg"]).shape  # doctest: +SKIP
-        (1, 1280)
+        (1, 512)
     """
 
     def __init__(
