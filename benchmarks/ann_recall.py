@@ -43,11 +43,22 @@ def main() -> None:
             got = index.search(row[None], 10)[1][0]
             lat.append(time.perf_counter() - s)
             hits.append(len(set(got.tolist()) & set(t.tolist())) / 10)
-        rows.append({"ef_search": ef, "recall_at_10": round(float(np.mean(hits)), 4),
-                     "ms_per_query_median": round(1000 * statistics.median(lat), 3)})
+        rows.append(
+            {
+                "ef_search": ef,
+                "recall_at_10": round(float(np.mean(hits)), 4),
+                "ms_per_query_median": round(1000 * statistics.median(lat), 3),
+            }
+        )
         print(rows[-1], flush=True)
-    result = {"command": f"python benchmarks/ann_recall.py --n {args.n}", "n": args.n, "dim": args.dim,
-              "index": "faiss HNSW, M=32", "build_s": round(build, 1), "by_ef_search": rows}
+    result = {
+        "command": f"python benchmarks/ann_recall.py --n {args.n}",
+        "n": args.n,
+        "dim": args.dim,
+        "index": "faiss HNSW, M=32",
+        "build_s": round(build, 1),
+        "by_ef_search": rows,
+    }
     out = Path("benchmarks/results/ann_recall.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -105,8 +105,10 @@ def test_gallery_from_another_model_is_refused(tmp_path: Path, embedded_pipeline
 
 
 def test_no_gallery_no_head_still_answers(embedded_pipeline: Pipeline, examples_dir: Path) -> None:
+    from ecomarine.embedded import imagenet_identifier
+
     photo = next((examples_dir / "belugas" / "queries").glob("*.jpg"))
-    pipe = Pipeline(embedded_pipeline.identifier, embedded_pipeline.gate)
+    pipe = Pipeline(imagenet_identifier(), embedded_pipeline.gate)  # no gallery, no head
     pred = pipe.predict(photo)
     assert isinstance(pred, Prediction)
     assert pred.is_cetacean

@@ -333,7 +333,9 @@ def test_cli_fuzz_never_tracebacks(capsys: pytest.CaptureFixture[str], args: lis
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=4096))
 def test_random_files_through_pipeline_heavy(embedded_pipeline: Pipeline, data: bytes) -> None:
     pred = embedded_pipeline.predict(data)
@@ -341,7 +343,9 @@ def test_random_files_through_pipeline_heavy(embedded_pipeline: Pipeline, data: 
 
 
 @pytest.mark.slow
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.sampled_from(_WORDS), max_size=8))
 def test_cli_fuzz_heavy(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code = main(args)

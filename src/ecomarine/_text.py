@@ -30,8 +30,12 @@ def read_utf8(path: Path, what: str = "file") -> str:
 def read_csv(path: Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
     """Column names (stripped) and rows of a UTF-8 CSV file; quoted newlines are kept."""
     reader = csv.DictReader(io.StringIO(read_utf8(path, what), newline=""))
+    rows = []
     try:
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        for row in reader:
+            if None in row:  # DictReader files surplus cells under the key None
+                raise DataError(f"{path}:{reader.line_num}: more cells than columns")
+            rows.append({str(k).strip(): (v or "").strip() for k, v in row.items()})
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from exc
     return [f.strip() for f in (reader.fieldnames or [])], rows
