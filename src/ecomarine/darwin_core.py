@@ -32,6 +32,7 @@ from .types import Prediction
 __all__ = [
     "MULTIMEDIA_TERMS",
     "OCCURRENCE_TERMS",
+    "USER_TERMS",
     "DatasetMetadata",
     "to_multimedia",
     "to_occurrences",
@@ -43,39 +44,41 @@ DC = "http://purl.org/dc/terms/"
 OCCURRENCE_ROW = DWC + "Occurrence"
 MULTIMEDIA_ROW = "http://rs.gbif.org/terms/1.0/Multimedia"
 
+#: Terms a caller may set (defaults, per-image values); the rest ecomarine fills in.
+USER_TERMS: tuple[str, ...] = (
+    "institutionCode",
+    "collectionCode",
+    "datasetName",
+    "license",
+    "rightsHolder",
+    "recordedBy",
+    "eventDate",
+    "decimalLatitude",
+    "decimalLongitude",
+    "geodeticDatum",
+)
+_COMPUTED_TERMS = (
+    "scientificName",
+    "vernacularName",
+    "taxonRank",
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "higherClassification",
+    "organismID",
+    "occurrenceRemarks",
+    "identifiedBy",
+    "dateIdentified",
+    "identificationVerificationStatus",
+    "identificationRemarks",
+    "associatedMedia",
+)
 #: Core columns, in order, with their term URIs.
 OCCURRENCE_TERMS: dict[str, str] = {
-    name: (DC if name in ("license", "rightsHolder", "modified") else DWC) + name
-    for name in (
-        "occurrenceID",
-        "basisOfRecord",
-        "institutionCode",
-        "collectionCode",
-        "datasetName",
-        "license",
-        "rightsHolder",
-        "recordedBy",
-        "eventDate",
-        "decimalLatitude",
-        "decimalLongitude",
-        "geodeticDatum",
-        "scientificName",
-        "vernacularName",
-        "taxonRank",
-        "kingdom",
-        "phylum",
-        "class",
-        "order",
-        "family",
-        "higherClassification",
-        "organismID",
-        "occurrenceRemarks",
-        "identifiedBy",
-        "dateIdentified",
-        "identificationVerificationStatus",
-        "identificationRemarks",
-        "associatedMedia",
-    )
+    name: (DC if name in ("license", "rightsHolder") else DWC) + name
+    for name in ("occurrenceID", "basisOfRecord", *USER_TERMS, *_COMPUTED_TERMS)
 }
 #: Simple Multimedia extension columns (after the core id).
 MULTIMEDIA_TERMS: dict[str, str] = {
@@ -90,18 +93,6 @@ MULTIMEDIA_TERMS: dict[str, str] = {
         "license",
         "rightsHolder",
     )
-}
-_USER_TERMS = {
-    "institutionCode",
-    "collectionCode",
-    "datasetName",
-    "license",
-    "rightsHolder",
-    "recordedBy",
-    "eventDate",
-    "decimalLatitude",
-    "decimalLongitude",
-    "geodeticDatum",
 }
 
 
@@ -180,10 +171,8 @@ def to_occurrences(
     if ds.institution_code:
         base["institutionCode"] = ds.institution_code
     for key in list(defaults or {}) + [k for v in (per_image or {}).values() for k in v]:
-        if key not in OCCURRENCE_TERMS:
-            raise DataError(
-                f"{key!r} is not a Darwin Core term written here ({sorted(_USER_TERMS)})"
-            )
+        if key not in USER_TERMS:
+            raise DataError(f"{key!r} is not a Darwin Core term you can set: {list(USER_TERMS)}")
     base.update(defaults or {})
     today = date.today().isoformat()
     out = []

@@ -91,11 +91,12 @@ class Gallery:
             individual's images).
 
     Example:
-        >>> g = Gallery()
-        >>> g.add(np.eye(3, dtype=np.float32), ["a", "b", "c"])
-        ['img-000000', 'img-000001', 'img-000002']
-        >>> g.search(np.eye(3, dtype=np.float32)[:1], top_k=1)[0][0].individual_id
-        'a'
+        ```python
+        g = Gallery()
+        g.add(np.eye(3, dtype=np.float32), ["a", "b", "c"])  # image ids img-000000, ...
+        best = g.search(np.eye(3, dtype=np.float32)[:1], top_k=1)[0]
+        assert best[0].individual_id == "a"
+        ```
     """
 
     def __init__(
