@@ -55,7 +55,8 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     assert "gallery: 36 photos of 12 belugas" in out
     assert "rejected: not_cetacean" in out
-    assert "answers correct" in out
+    assert re.search(r"Best match right for (\d+) of 12 belugas", out)
+    assert "rejected by the gate" in out
 
 
 def test_identify_gallery_and_exports(
