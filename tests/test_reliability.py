@@ -352,3 +352,29 @@ def test_cli_fuzz_heavy(capsys: pytest.CaptureFixture[str], args: list[str]) -> 
     err = capsys.readouterr().err
     assert code in (0, 2)
     assert "Traceback" not in err
+
+
+def test_reading_while_another_process_saves(tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    g = Gallery()
+    g.add(np.eye(8, dtype=np.float32), [f"w{i}" for i in range(8)])
+    g.save(folder)
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from ecomarine import Gallery
+        g = Gallery.load({str(folder)!r})
+        for i in range(200):
+            g.save({str(folder)!r})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    loads = 0
+    try:
+        while proc.poll() is None:
+            assert len(Gallery.load(folder)) == 8  # never a missing-file error
+            loads += 1
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+    assert loads > 0

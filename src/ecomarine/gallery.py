@@ -581,6 +581,21 @@ class Gallery:
                 a fingerprint mismatch.
         """
         folder = Path(directory)
+        for attempt in range(3):
+            before = _manifest_bytes(folder)
+            try:
+                return cls._load_once(folder, expected_fingerprint, use_faiss)
+            except GalleryError:
+                # A concurrent save may have swapped the manifest and removed the files the
+                # old one named; read again then. Otherwise the error is real.
+                if attempt == 2 or _manifest_bytes(folder) == before:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_once(
+        cls, folder: Path, expected_fingerprint: str | None, use_faiss: bool | None
+    ) -> Gallery:
         manifest_path = folder / MANIFEST_NAME
         if not manifest_path.is_file():
             raise GalleryError(f"{folder}: not a gallery (no {MANIFEST_NAME})")
@@ -642,6 +657,13 @@ class Gallery:
             except (KeyError, TypeError) as exc:
                 raise GalleryError(f"{folder}: malformed record ({exc})") from exc
         return gallery
+
+
+def _manifest_bytes(folder: Path) -> bytes | None:
+    try:
+        return (folder / MANIFEST_NAME).read_bytes()
+    except OSError:
+        return None
 
 
 def _vote_species(cands: Sequence[Match]) -> tuple[str | None, float | None]:
