@@ -24,16 +24,23 @@ def render() -> str:
         "",
     ]
 
-    def walk(cmd: click.Command, path: list[str]) -> None:
+    def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
+        # Same help names as the real CLI (its context_settings), inherited by subcommands;
+        # click caches the help option per command, so this must match what main() uses.
         ctx = click.Context(
-            cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100
+            cmd,
+            parent=parent,
+            info_name=path[-1],
+            terminal_width=100,
+            max_content_width=100,
+            help_option_names=["-h", "--help"],
         )
         lines.extend([f"## `{' '.join(path)}`", "", "```text", cmd.get_help(ctx), "```", ""])
         if isinstance(cmd, click.Group):
             for name in sorted(cmd.commands):
-                walk(cmd.commands[name], [*path, name])
+                walk(cmd.commands[name], [*path, name], ctx)
 
-    walk(cli, ["ecomarine"])
+    walk(cli, ["ecomarine"], None)
     return "\n".join(lines)
 
 
