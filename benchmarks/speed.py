@@ -109,6 +109,17 @@ def throughput(
     }
 
 
+def _run_python(code: str) -> str:
+    """Run ``code`` in a fresh, offline Python process; return its stdout."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+
+
 def gate_throughput(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> dict[str, Any]:
     """The embedded gate alone: decode + score (``Gate.score``) and the network on batches."""
     assert pipe.gate is not None
@@ -136,14 +147,7 @@ def first_prediction(photo: Path, repeats: int) -> dict[str, Any]:
     )
     times = []
     for _ in range(repeats):
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        times.append(float(out.stdout.strip().splitlines()[-1]))
+        times.append(float(_run_python(code).strip().splitlines()[-1]))
     return {
         "seconds_median": round(statistics.median(times), 2),
         "runs_s": [round(t, 2) for t in times],
@@ -211,14 +215,8 @@ for k, _ in enumerate(pipe.predict_many(itertools.islice(itertools.cycle(photos)
         rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 print(rss[1] if len(rss) > 1 else rss[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    early, peak = (int(x) for x in out.stdout.split())
+    out = _run_python(code)
+    early, peak = (int(x) for x in out.split())
     return {
         "photos": n,
         "peak_rss_mb": round(peak / 1024, 1),

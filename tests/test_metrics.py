@@ -40,6 +40,16 @@ def test_top_k_accuracy_by_hand() -> None:
     assert top_k_accuracy(preds, ["a", "d", "z"], 5) == pytest.approx(2 / 3)
 
 
+def test_known_top_k_accuracy_by_hand() -> None:
+    from ecomarine.metrics import known_top_k_accuracy
+
+    cands = [[Match("a", 0.9), Match("b", 0.5)], [Match("c", 0.8)], [Match("a", 0.2)]]
+    truths = ["b", NEW_INDIVIDUAL, "a"]  # the new query does not count
+    assert known_top_k_accuracy(cands, truths, 1) == 0.5
+    assert known_top_k_accuracy(cands, truths, 2) == 1.0
+    assert known_top_k_accuracy(cands[1:2], truths[1:2], 1) == 0.0
+
+
 def test_insert_new_individual() -> None:
     cands = [Match("a", 0.9), Match("b", 0.6), Match("c", 0.4)]
     assert insert_new_individual(cands, 0.95) == [NEW_INDIVIDUAL, "a", "b", "c"]

@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 
 from .calibration import choose_new_individual_threshold
-from .gallery import Gallery
+from .gallery import search_labelled
 from .identifier import EmbeddingKind, Identifier
 from .metrics import (
     NEW_INDIVIDUAL,
     insert_new_individual,
+    known_top_k_accuracy,
     map_at_k,
     retrieval_map,
     roc_auc,
-    top_k_accuracy,
 )
 from .training.data import Sample
 
@@ -85,9 +85,7 @@ def evaluate_open_set(
     g_emb = identifier.embed(
         [s.path for s in gallery_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
     )
-    gallery = Gallery(use_faiss=None)
-    gallery.add(g_emb, [s.individual_id for s in gallery_samples])
-    known = set(gallery.individuals())
+    g_ids = [s.individual_id for s in gallery_samples]
     source = "argument"
     if threshold is None and calibration_samples:
         c_emb = identifier.embed(
@@ -99,15 +97,14 @@ def evaluate_open_set(
         # Calibration queries must not find themselves: search a gallery without them.
         own = {s.image for s in calibration_samples}
         keep = [i for i, s in enumerate(gallery_samples) if s.image not in own]
-        cal_gallery = Gallery(use_faiss=None)
-        cal_gallery.add(g_emb[keep], [gallery_samples[i].individual_id for i in keep])
-        cal_known = set(cal_gallery.individuals())
-        truths = [
-            s.individual_id if s.individual_id in cal_known else NEW_INDIVIDUAL
-            for s in calibration_samples
-        ]
+        cal_cands, cal_truths = search_labelled(
+            g_emb[keep],
+            [g_ids[i] for i in keep],
+            c_emb,
+            [s.individual_id for s in calibration_samples],
+        )
         threshold = choose_new_individual_threshold(
-            cal_gallery.search(c_emb, 5), truths, new_fraction=calibration_new_fraction
+            cal_cands, cal_truths, new_fraction=calibration_new_fraction
         ).threshold
         source = "calibration queries"
     elif threshold is None:
@@ -116,23 +113,19 @@ def evaluate_open_set(
     q_emb = identifier.embed(
         [s.path for s in query_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
     )
-    cands = gallery.search(q_emb, 5)
-    truths = [
-        s.individual_id if s.individual_id in known else NEW_INDIVIDUAL for s in query_samples
-    ]
+    cands, truths = search_labelled(g_emb, g_ids, q_emb, [s.individual_id for s in query_samples])
     preds = [insert_new_individual(c, threshold) for c in cands]
     known_idx = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
-    ranked = [[m.individual_id for m in cands[i]] for i in known_idx]
     known_truths = [truths[i] for i in known_idx]
     best = np.array([c[0].score if c else -1.0 for c in cands])
     is_new = np.array([t == NEW_INDIVIDUAL for t in truths])
     sim = q_emb[known_idx] @ g_emb.T if known_idx else np.zeros((0, len(g_emb)))
     return EvaluationReport(
         map5=map_at_k(preds, truths),
-        top1=top_k_accuracy(ranked, known_truths, 1),
-        top5=top_k_accuracy(ranked, known_truths, 5),
+        top1=known_top_k_accuracy(cands, truths, 1),
+        top5=known_top_k_accuracy(cands, truths, 5),
         new_individual_roc_auc=roc_auc(-best, is_new),
-        retrieval_map=retrieval_map(sim, known_truths, [s.individual_id for s in gallery_samples]),
+        retrieval_map=retrieval_map(sim, known_truths, g_ids),
         map5_always_new=float(is_new.mean()) if len(is_new) else 0.0,
         threshold=threshold,
         threshold_source=source,

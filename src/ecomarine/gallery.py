@@ -34,7 +34,7 @@ from .index import IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .types import Match
 
-__all__ = ["Aggregation", "Gallery", "Identification"]
+__all__ = ["Aggregation", "Gallery", "Identification", "search_labelled"]
 
 _Arr = np.ndarray[Any, Any]
 _F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -657,6 +657,27 @@ class Gallery:
             except (KeyError, TypeError) as exc:
                 raise GalleryError(f"{folder}: malformed record ({exc})") from exc
         return gallery
+
+
+def search_labelled(
+    gallery_embeddings: _Arr,
+    gallery_ids: Sequence[str],
+    query_embeddings: _Arr,
+    query_ids: Sequence[str],
+    *,
+    top_k: int = 5,
+) -> tuple[list[list[Match]], list[str]]:
+    """Search labelled queries in a gallery built from labelled vectors.
+
+    Returns the ranked candidates per query and each query's truth: its id, or
+    ``"new_individual"`` when that id is absent from the gallery. Used by evaluation,
+    training validation and threshold calibration alike.
+    """
+    gallery = Gallery()
+    gallery.add(gallery_embeddings, gallery_ids)
+    known = set(gallery_ids)
+    truths = [q if q in known else NEW_INDIVIDUAL for q in query_ids]
+    return gallery.search(query_embeddings, top_k), truths
 
 
 def _manifest_bytes(folder: Path) -> bytes | None:

@@ -17,6 +17,7 @@ __all__ = [
     "NEW_INDIVIDUAL",
     "average_precision_at_k",
     "insert_new_individual",
+    "known_top_k_accuracy",
     "map_at_k",
     "retrieval_map",
     "roc_auc",
@@ -65,6 +66,18 @@ def top_k_accuracy(predictions: Sequence[Sequence[str]], truths: Sequence[str], 
         return 0.0
     hits = sum(t in list(p)[:k] for p, t in zip(predictions, truths, strict=True))
     return hits / len(truths)
+
+
+def known_top_k_accuracy(
+    candidates: Sequence[Sequence[Match]], truths: Sequence[str], k: int
+) -> float:
+    """Top-k accuracy over the queries whose truth is a known individual (0.0 if none)."""
+    pairs = [
+        ([m.individual_id for m in c], t)
+        for c, t in zip(candidates, truths, strict=True)
+        if t != NEW_INDIVIDUAL
+    ]
+    return top_k_accuracy([p for p, _ in pairs], [t for _, t in pairs], k)
 
 
 def insert_new_individual(

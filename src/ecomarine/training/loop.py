@@ -189,25 +189,18 @@ def _open_set_eval(
     kind: EmbeddingKind,
     threshold: float | None = None,
 ) -> tuple[dict[str, float], list[list[Any]], list[str]]:
-    from ..gallery import Gallery  # noqa: PLC0415
-    from ..metrics import NEW_INDIVIDUAL, insert_new_individual, map_at_k, top_k_accuracy  # noqa: PLC0415
+    from ..gallery import search_labelled  # noqa: PLC0415
+    from ..metrics import insert_new_individual, known_top_k_accuracy, map_at_k  # noqa: PLC0415
 
-    g = Gallery(use_faiss=False)
-    g.add(
+    cands, truths = search_labelled(
         embed_catalog(model, gallery_images, kind),
         [s.individual_id for s in gallery_images.samples],
+        embed_catalog(model, query_images, kind),
+        [s.individual_id for s in query_images.samples],
     )
-    known = set(g.individuals())
-    cands = g.search(embed_catalog(model, query_images, kind), top_k=5)
-    truths = [
-        s.individual_id if s.individual_id in known else NEW_INDIVIDUAL
-        for s in query_images.samples
-    ]
-    known_idx = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
-    ranked = [[m.individual_id for m in c] for c in cands]
     metrics = {
-        "top1": top_k_accuracy([ranked[i] for i in known_idx], [truths[i] for i in known_idx], 1),
-        "top5": top_k_accuracy([ranked[i] for i in known_idx], [truths[i] for i in known_idx], 5),
+        "top1": known_top_k_accuracy(cands, truths, 1),
+        "top5": known_top_k_accuracy(cands, truths, 5),
     }
     if threshold is not None:
         metrics["map5"] = map_at_k([insert_new_individual(c, threshold) for c in cands], truths)
