@@ -1,8 +1,9 @@
 """Train the embedded identifier on the beluga protocol's training split (CPU recipe).
 
-Recipe: EfficientNet-Lite0 from the shipped ImageNet weights, 256x96 input, GeM + 512-d
+Recipe: EfficientNet-Lite0 from the shipped ImageNet weights, 320x112 input, GeM + 512-d
 BatchNorm neck, ArcFace (s=30, m=0.4), AdamW (head 1e-3, backbone 3e-4), one warm-up
-epoch then cosine decay, brightness/contrast jitter and small shifts, no flips.
+epoch then cosine decay; augmentation: small shifts, rotation (+-10 deg), zoom (+-15 %),
+brightness/contrast jitter and random erasing (p=0.5), no flips.
 The open-set thresholds are calibrated on the held-out calibration split, weighting new
 individuals by the 2017 -> 2018 turnover (the share of 2018 images whose whale was not
 seen in 2017) -- 2019 data is never used.
@@ -37,9 +38,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/beluga"))
     parser.add_argument("--splits", type=Path, default=Path("runs/beluga"))
     parser.add_argument("--out", type=Path, default=Path("runs/beluga-model"))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--input-size", default="256x96", help="HxW")
+    parser.add_argument("--input-size", default="320x112", help="HxW")
+    parser.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
+    parser.add_argument("--zoom", type=float, default=0.15, help="max relative zoom")
+    parser.add_argument("--erase", type=float, default=0.5, help="random-erasing probability")
+    parser.add_argument("--m", type=float, default=0.4, help="ArcFace margin")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prepare(args.data, args.splits)
@@ -57,19 +62,23 @@ def main() -> None:
             embedding_size=512,
             head="arcface",
             s=30.0,
-            m=0.4,
+            m=args.m,
             epochs=args.epochs,
             batch_size=32,
             lr=1e-3,
             backbone_lr=3e-4,
             warmup_epochs=1.0,
+            rotate=args.rotate,
+            zoom=args.zoom,
+            erase=args.erase,
             calibration_csv=str(args.splits / "calibration.csv"),
             calibration_new_fraction=turnover,
             seed=args.seed,
             name="embedded-beluga-lite0",
             command=(
                 f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed} "
-                f"--input-size {args.input_size}"
+                f"--input-size {args.input_size} --rotate {args.rotate} --zoom {args.zoom} "
+                f"--erase {args.erase} --m {args.m}"
             ),
         )
     )

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ecomarine import DataError, Identifier
+from ecomarine.config import PreprocessConfig
 from ecomarine.evaluation import evaluate_open_set, report_markdown
 from ecomarine.training import (
+    AugmentConfig,
+    CatalogImages,
     IdentitySampler,
     TrainConfig,
     read_catalog_csv,
@@ -150,3 +154,44 @@ def test_evaluate_open_set_on_examples(examples_dir: Path) -> None:
     assert 0.0 <= report.top1 <= report.top5 <= 1.0
     assert report.map5_always_new == pytest.approx(2 / 12)
     assert "MAP@5" in report_markdown(report)
+
+
+def _catalog(examples_dir: Path, augment: AugmentConfig) -> CatalogImages:
+    belugas = examples_dir / "belugas"
+    samples = read_catalog_csv(belugas / "gallery.csv", belugas)[:6]
+    return CatalogImages(samples, PreprocessConfig(input_size=(96, 40)), augment, workers=1)
+
+
+def test_geometric_augmentation_without_change_is_the_centre_crop(examples_dir: Path) -> None:
+    """Zero rotation, zoom and shift through grid_sample reproduces the plain input."""
+    still = AugmentConfig(pad=0.0, brightness=0.0, contrast=0.0, rotate=1e-9, zoom=1e-9)
+    images = _catalog(examples_dir, still)
+    assert still.geometric
+    warped = images.batch(range(6), np.random.default_rng(0))
+    plain = images.batch(range(6), None)
+    assert warped.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(warped.numpy(), plain.numpy(), atol=1e-4)
+
+
+def test_augmentation_is_seeded_and_erases(examples_dir: Path) -> None:
+    aug = AugmentConfig(rotate=10, zoom=0.15, erase=1.0)
+    images = _catalog(examples_dir, aug)
+    a = images.batch(range(6), np.random.default_rng(7))
+    b = images.batch(range(6), np.random.default_rng(7))
+    c = images.batch(range(6), np.random.default_rng(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == (6, 3, 96, 40)
+    # erase=1: every image has a blanked (exactly 0 = mean colour) patch of >= 2 % area.
+    blank = (a == 0).all(dim=1).float().mean(dim=(1, 2))
+    assert (blank >= 0.015).all()
+    assert (blank <= 0.5).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"rotate": -1}, "rotate"), ({"zoom": 1.0}, "zoom"), ({"erase": 1.5}, "erase")],
+)
+def test_augment_config_is_checked(changes: dict[str, float], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        AugmentConfig(**changes)  # type: ignore[arg-type]

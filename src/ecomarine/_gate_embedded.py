@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._device import conv_layout
 from .config import PreprocessConfig
 from .errors import ConfigError
 
@@ -54,7 +55,7 @@ class EmbeddedBackend(nn.Module):
 
     def log_probs(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 1000)`` ImageNet log-probabilities."""
-        x = batch.to(self.model.device)
+        x = conv_layout(batch, self.model.device)
         return torch.log_softmax(self.model.imagenet_logits(x).float(), dim=1)
 
     def scores_from_log_probs(self, logp: torch.Tensor) -> torch.Tensor:

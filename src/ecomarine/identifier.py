@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._atomic import atomic_write_bytes, atomic_write_text
-from ._device import resolve_device
+from ._device import conv_layout, resolve_device
 from .config import IdentifierConfig, read_json
 from .errors import ConfigError
 from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct
@@ -177,7 +177,7 @@ class Identifier(nn.Module):
     def embed_tensor(self, batch: Tensor, kind: EmbeddingKind = "embedding") -> Tensor:
         """Unit-norm embeddings of a preprocessed batch (runs in inference mode)."""
         with torch.inference_mode():
-            x = batch.to(self.device, non_blocking=True)
+            x = conv_layout(batch, self.device)
             out = self.pooled(x) if kind == "features" else self(x)
             return F.normalize(out.float(), dim=1)
 

@@ -62,6 +62,27 @@ def _size(value: str) -> tuple[int, int]:
 @click.option(
     "--hflip/--no-hflip", default=False, help="Horizontal flips (swap left/right markings!)."
 )
+@click.option(
+    "--rotate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 180),
+    help="Random rotation, at most this many degrees.",
+)
+@click.option(
+    "--zoom",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Random zoom in or out by up to this fraction.",
+)
+@click.option(
+    "--erase",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Probability of random erasing (one rectangle per image).",
+)
 @click.option("--val-csv", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--calibration-csv",
@@ -97,6 +118,9 @@ def train(
     backbone_lr: float | None,
     sampler: str,
     hflip: bool,
+    rotate: float,
+    zoom: float,
+    erase: float,
     val_csv: str | None,
     calibration_csv: str | None,
     calibration_fraction: float,
@@ -128,6 +152,9 @@ def train(
         backbone_lr=backbone_lr,
         sampler=sampler,
         hflip=hflip,
+        rotate=rotate,
+        zoom=zoom,
+        erase=erase,
         val_csv=val_csv,
         calibration_csv=calibration_csv,
         calibration_fraction=calibration_fraction,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 from .._text import read_csv
 from ..config import PreprocessConfig
@@ -162,6 +163,10 @@ class AugmentConfig:
             animal by up to this much).
         brightness: Maximum relative brightness change. contrast: Same, for contrast.
         hflip: Random horizontal flips. vflip: Random vertical flips.
+        rotate: Maximum rotation in degrees (0 = none).
+        zoom: Maximum relative zoom in or out (0.15 = 0.87x to 1.15x; 0 = none).
+        erase: Probability of blanking one random rectangle (2-20 % of the input) per
+            image, so that no single mark can carry an identity.
     """
 
     pad: float = 0.08
@@ -169,6 +174,22 @@ class AugmentConfig:
     contrast: float = 0.2
     hflip: bool = False
     vflip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
+    erase: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pad < 1.0 or not 0.0 <= self.zoom < 1.0:
+            raise DataError("pad and zoom must be in [0, 1)")
+        if not 0.0 <= self.rotate <= 180.0:
+            raise DataError("rotate must be in [0, 180] degrees")
+        if not 0.0 <= self.erase <= 1.0:
+            raise DataError("erase is a probability in [0, 1]")
+
+    @property
+    def geometric(self) -> bool:
+        """Whether rotation or zoom is on (they need resampling, not just a crop)."""
+        return self.rotate > 0 or self.zoom > 0
 
 
 class CatalogImages:
@@ -246,8 +267,74 @@ class CatalogImages:
 
     def batch(self, indices: Sequence[int], rng: np.random.Generator | None) -> torch.Tensor:
         """Stack inputs for ``indices``: augmented when ``rng`` is given, else central."""
-        arrays = [self.center(i) if rng is None else self.augmented(i, rng) for i in indices]
-        return torch.from_numpy(np.stack(arrays))
+        if rng is not None and self.augment.geometric:
+            out = self._warped(indices, rng)
+        else:
+            arrays = [self.center(i) if rng is None else self.augmented(i, rng) for i in indices]
+            out = torch.from_numpy(np.stack(arrays))
+        if rng is not None and self.augment.erase > 0:
+            _erase(out, self.augment.erase, rng)
+        return out
+
+    def _warped(self, indices: Sequence[int], rng: np.random.Generator) -> torch.Tensor:
+        """Rotate, zoom, shift and jitter a whole batch at once (one ``grid_sample``)."""
+        a = self.augment
+        n = len(indices)
+        x = torch.from_numpy(np.stack([self.arrays[i] for i in indices])).permute(0, 3, 1, 2)
+        x = x.float() / 255.0
+        hp, wp = x.shape[2], x.shape[3]
+        h, w = self.pp.height, self.pp.width
+        angle = np.deg2rad(rng.uniform(-a.rotate, a.rotate, n))
+        zoom = np.exp(rng.uniform(-np.log1p(a.zoom), np.log1p(a.zoom), n))
+        shift_x = rng.uniform(-1, 1, n) * (wp - w) / wp
+        shift_y = rng.uniform(-1, 1, n) * (hp - h) / hp
+        cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+        # Output pixel offsets (centred) -> rotated/zoomed input offsets, both written in
+        # grid_sample's normalised coordinates, which scale x and y differently.
+        theta = np.zeros((n, 2, 3), np.float32)
+        theta[:, 0, 0] = cos * w / wp
+        theta[:, 0, 1] = -sin * h / wp
+        theta[:, 1, 0] = sin * w / hp
+        theta[:, 1, 1] = cos * h / hp
+        theta[:, 0, 2] = shift_x
+        theta[:, 1, 2] = shift_y
+        grid = F.affine_grid(torch.from_numpy(theta), [n, 3, h, w], align_corners=False)
+        out = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        if a.hflip:
+            flip = torch.from_numpy(rng.random(n) < 0.5)
+            out[flip] = out[flip].flip(3)
+        if a.vflip:
+            flip = torch.from_numpy(rng.random(n) < 0.5)
+            out[flip] = out[flip].flip(2)
+        if a.contrast:
+            c = torch.from_numpy(1.0 + rng.uniform(-a.contrast, a.contrast, n)).float()
+            mean = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = (out - mean) * c.view(n, 1, 1, 1) + mean
+        if a.brightness:
+            b = torch.from_numpy(1.0 + rng.uniform(-a.brightness, a.brightness, n)).float()
+            out = out * b.view(n, 1, 1, 1)
+        out = out.clamp(0.0, 1.0)
+        mean = torch.from_numpy(self._mean).view(1, 3, 1, 1)
+        std = torch.from_numpy(self._std).view(1, 3, 1, 1)
+        # Channels-last: oneDNN's convolutions are several times faster on NHWC input.
+        return ((out - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _erase(batch: torch.Tensor, p: float, rng: np.random.Generator) -> None:
+    """Random erasing, in place: one rectangle per chosen image set to the mean (0)."""
+    n, _, h, w = batch.shape
+    for k in range(n):
+        if rng.random() >= p:
+            continue
+        area = rng.uniform(0.02, 0.2) * h * w
+        aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+        eh = min(h, max(1, round(np.sqrt(area * aspect))))
+        ew = min(w, max(1, round(np.sqrt(area / aspect))))
+        top = int(rng.integers(0, h - eh + 1))
+        left = int(rng.integers(0, w - ew + 1))
+        batch[k, :, top : top + eh, left : left + ew] = 0.0
 
 
 class IdentitySampler:

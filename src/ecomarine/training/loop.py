@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .._atomic import atomic_write_bytes, atomic_write_text
-from .._device import resolve_device
+from .._device import conv_layout, resolve_device
 from ..config import HeadConfig, IdentifierConfig, PreprocessConfig
 from ..errors import ConfigError, DataError, WeightsNotFoundError
 from ..heads import dynamic_margins
@@ -73,6 +73,9 @@ class TrainConfig:
     images_per_id: int = 2
     hflip: bool = False
     vflip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
+    erase: float = 0.0
     val_csv: str | None = None
     val_every: int = 1
     calibration_csv: str | None = None
@@ -236,7 +239,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         margins = dynamic_margins([counts[i] for i in range(len(labels))], m_max=cfg.m)
         model.head.class_margins = margins.to(device)
     pp = model.config.preprocess
-    augment = AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip)
+    augment = AugmentConfig(
+        hflip=cfg.hflip, vflip=cfg.vflip, rotate=cfg.rotate, zoom=cfg.zoom, erase=cfg.erase
+    )
     logger.info("decoding %d training images", len(samples))
     train_images = CatalogImages(samples, pp, augment, workers=cfg.workers)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
@@ -274,9 +279,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         epoch_loss, seen, t0 = 0.0, 0, time.perf_counter()
         bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in batches:
-            x = train_images.batch(batch, rng).to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.to(memory_format=torch.channels_last)
+            x = conv_layout(train_images.batch(batch, rng), device)
             y = torch.as_tensor(targets[batch], device=device)
             factor = _lr_factor(step, total_steps, warmup)
             for group in optimizer.param_groups:
