@@ -7,7 +7,7 @@ import csv
 import sys
 from pathlib import Path
 
-from ecomarine import Gallery, Identifier
+from ecomarine import ConfigError, Gallery, Identifier
 
 HERE = Path(__file__).resolve().parent
 belugas = HERE / "belugas"
@@ -54,3 +54,11 @@ print(f"after corrections: {len(gallery)} photos of {len(gallery.individuals())}
 query = ident.embed([next((belugas / "queries").glob("*.jpg"))])
 for match in gallery.search(query, top_k=3)[0]:
     print(f"  {match.individual_id}: {match.score:.3f} (best photo {match.image_id})")
+
+# Large catalogues: an approximate index ("hnsw", "ivf" or "sq8"; needs faiss), saved
+# with the gallery. Scores stay exact cosines; only which rows are looked at changes.
+try:
+    gallery.use_index("sq8")
+    print("sq8 index, best match:", gallery.search(query, top_k=1)[0][0].individual_id)
+except ConfigError as exc:  # faiss is not installed
+    print(f"exact search only: {exc}")

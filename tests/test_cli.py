@@ -74,6 +74,8 @@ def test_identify_gallery_and_exports(
             "--out",
             str(tmp_path / "g"),
             "--calibrate",
+            "--index",
+            "sq8",
         ],
         capsys,
     )
@@ -83,6 +85,7 @@ def test_identify_gallery_and_exports(
     code, out, err = run(["gallery", "info", str(tmp_path / "g")], capsys)
     assert code == 0, err
     assert re.search(r"individuals +12\n", out)
+    assert re.search(r"index +sq8\n", out)
     queries = belugas / "queries"
     shark = examples_dir / "not_cetacean"
     code, out, err = run(

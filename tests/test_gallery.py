@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecomarine import Gallery, GalleryError
+from ecomarine import ConfigError, Gallery, GalleryError
 from ecomarine.index import VectorIndex, faiss_available
 
 
@@ -67,16 +67,71 @@ def test_faiss_and_numpy_identical_on_real_embeddings(gate_dir: Path) -> None:
     assert brute_force(a, emb[:4], 5)[0][0][0] == ra[0][0].individual_id
 
 
-def test_hnsw_recall() -> None:
-    """Approximate index recall@10 on random unit vectors (100k in benchmarks/)."""
+def clustered(rng: np.random.Generator, n: int, d: int, per_id: int = 10) -> np.ndarray:
+    """Gallery-like rows: photos of an individual scattered around its centre."""
+    centres = unit(rng, n // per_id, d)
+    x = centres[np.arange(n) % len(centres)] + 0.1 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def recall_at_10(index: VectorIndex, db: np.ndarray, q: np.ndarray) -> float:
+    exact = VectorIndex(db, use_faiss=False).search(q, 10)[1]
+    got_s, approx = index.search(q, 10)
+    # Scores are exact inner products of the rows returned, best first.
+    np.testing.assert_allclose(got_s, np.einsum("qd,qkd->qk", q, db[approx]), rtol=1e-4, atol=1e-5)
+    assert (np.diff(got_s, axis=1) <= 1e-6).all()
+    return float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)]))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "sq8"])
+def test_approximate_recall_on_random_vectors(kind: str) -> None:
+    """Recall@10 on random unit vectors, the hardest case (100k x 512 in benchmarks/)."""
     if not faiss_available():
         pytest.skip("faiss not installed")
     rng = np.random.default_rng(1)
     db, q = unit(rng, 20_000, 64), unit(rng, 200, 64)
-    exact = VectorIndex(db, use_faiss=False).search(q, 10)[1]
-    approx = VectorIndex(db, kind="hnsw").search(q, 10)[1]
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
-    assert recall >= 0.95
+    assert recall_at_10(VectorIndex(db, kind=kind), db, q) >= 0.95  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "sq8"])
+def test_approximate_recall_on_gallery_like_vectors(kind: str) -> None:
+    if not faiss_available():
+        pytest.skip("faiss not installed")
+    rng = np.random.default_rng(4)
+    both = clustered(rng, 20_200, 64)
+    db, q = both[:20_000], both[20_000:]
+    index = VectorIndex(db, kind=kind)  # type: ignore[arg-type]
+    if kind == "ivf":
+        index.set_search(nprobe=64)
+    assert recall_at_10(index, db, q) >= 0.95
+
+
+def test_ivf_probe_that_finds_too_few_rows_falls_back_to_exact() -> None:
+    if not faiss_available():
+        pytest.skip("faiss not installed")
+    rng = np.random.default_rng(2)
+    db, q = unit(rng, 400, 16), unit(rng, 5, 16)
+    index = VectorIndex(db, kind="ivf", nlist=10, nprobe=1)
+    scores, idx = index.search(q, 100)  # more than one cell holds
+    exact_s, _ = VectorIndex(db, use_faiss=False).search(q, 100)
+    assert (idx >= 0).all()
+    np.testing.assert_allclose(scores, exact_s, rtol=1e-5, atol=1e-6)
+
+
+def test_index_settings_are_checked() -> None:
+    db = unit(np.random.default_rng(3), 50, 8)
+    with pytest.raises(ConfigError, match="index kind"):
+        VectorIndex(db, kind="annoy")  # type: ignore[arg-type]
+    if not faiss_available():
+        with pytest.raises(ConfigError, match="needs FAISS"):
+            VectorIndex(db, kind="sq8")
+        return
+    with pytest.raises(ConfigError, match="applies to the 'hnsw'"):
+        VectorIndex(db, kind="sq8").set_search(ef_search=10)
+    with pytest.raises(ConfigError, match=">= 1"):
+        VectorIndex(db, kind="hnsw").set_search(ef_search=0)
+    with pytest.raises(ConfigError, match="needs FAISS"):
+        VectorIndex(db, kind="ivf", use_faiss=False)
 
 
 def test_mean_aggregation_and_identify() -> None:

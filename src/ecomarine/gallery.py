@@ -30,7 +30,7 @@ from safetensors.numpy import save as save_safetensors
 from ._atomic import atomic_write_bytes, atomic_write_text
 from .calibration import NewIndividualCalibration, choose_new_individual_threshold
 from .errors import GalleryError
-from .index import IndexKind, VectorIndex
+from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .types import Match
 
@@ -85,7 +85,8 @@ class Gallery:
         fingerprint: Fingerprint of the model (and embedding kind) that made the vectors.
         embedding_kind: ``"embedding"`` or ``"features"``; a gallery holds one kind.
         new_individual_threshold: Best-match cosine under which a query is new.
-        index_kind: ``"flat"`` (exact) or ``"hnsw"`` (approximate, FAISS).
+        index_kind: ``"flat"`` (exact), or ``"hnsw"``, ``"ivf"``, ``"sq8"`` (approximate,
+            FAISS; see :mod:`ecomarine.index`).
         use_faiss: ``None``: FAISS when installed; False: NumPy.
         aggregation: ``"max"`` (best image) or ``"mean"`` (mean cosine over the
             individual's images).
@@ -112,6 +113,7 @@ class Gallery:
     ) -> None:
         if aggregation not in ("max", "mean"):
             raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
+        _check_index_kind(index_kind)
         self.fingerprint = fingerprint
         self.embedding_kind = embedding_kind
         self.new_individual_threshold = new_individual_threshold
@@ -302,6 +304,16 @@ class Gallery:
         return changed
 
     # --- search -------------------------------------------------------------------------
+
+    def use_index(self, kind: IndexKind) -> None:
+        """Search with another index kind from now on (saved with the gallery).
+
+        Raises:
+            GalleryError: For an unknown kind.
+        """
+        _check_index_kind(kind)
+        self.index_kind = kind
+        self._index = None
 
     def _get_index(self) -> VectorIndex:
         if self._index is None:
@@ -743,3 +755,8 @@ def _locked(folder: Path, *, wait: bool, timeout: float = 60.0) -> Iterator[None
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _check_index_kind(kind: str) -> None:
+    if kind not in INDEX_KINDS:
+        raise GalleryError(f"index kind must be one of {', '.join(INDEX_KINDS)}; got {kind!r}")

@@ -55,6 +55,14 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
     default=False,
     help="Set the open-set threshold by leave-encounter-out.",
 )
+@click.option(
+    "--index",
+    "index_kind",
+    type=click.Choice(["flat", "hnsw", "ivf", "sq8"]),
+    default="flat",
+    show_default=True,
+    help="Search index: exact, or approximate for large catalogues (needs faiss).",
+)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 def build(
     csv_path: Path,
@@ -63,6 +71,7 @@ def build(
     model: str,
     kind: str,
     calibrate: bool,
+    index_kind: str,
     batch_size: int,
 ) -> None:
     """Embed a labelled catalogue into a new gallery."""
@@ -71,6 +80,7 @@ def build(
     pipe = Pipeline.from_pretrained(model, gate="None", embedding_kind=kind)  # type: ignore[arg-type]
     n = _embed_catalog(pipe, csv_path, images, batch_size)
     assert pipe.gallery is not None
+    pipe.gallery.use_index(index_kind)  # type: ignore[arg-type]
     if calibrate:
         report = pipe.gallery.calibrate_new_individual()
         click.echo(
@@ -122,6 +132,7 @@ def info(gallery_dir: Path) -> None:
                 ("individuals", len(per)),
                 ("species", ", ".join(f"{k} ({v})" for k, v in species.most_common())),
                 ("embedding", f"{g.embedding_kind}, dim {g.dim}"),
+                ("index", g.index_kind),
                 ("model", g.model_name or "?"),
                 ("fingerprint", g.fingerprint or "?"),
                 ("new-individual threshold", fmt(g.new_individual_threshold)),
