@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import csv
 import io
+import platform
 import struct
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecomarine import Gallery, GalleryError, Pipeline, Prediction
+import ecomarine.pipeline as pipeline_module
+from ecomarine import Gallery, GalleryError, Pipeline, Prediction, _memory
 
 
 def _bomb_png() -> bytes:
@@ -133,3 +136,18 @@ def test_cancelled_iteration_leaves_no_threads(
         break
     alive = [t for t in threading.enumerate() if t.name.startswith("ecomarine-decode")]
     assert alive == []
+
+
+def test_predict_many_trims_the_heap_after_each_batch(
+    embedded_pipeline: Pipeline, examples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freed decode buffers go back to the OS once per batch (flat memory over long runs)."""
+    _memory.release_free_memory()  # works (glibc) or is a no-op, never raises
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert _memory._malloc_trim() is not None
+    calls: list[int] = []
+    monkeypatch.setattr(pipeline_module, "release_free_memory", lambda: calls.append(1))
+    photos = sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:5]
+    preds = list(embedded_pipeline.predict_many(photos, batch_size=2, num_workers=2))
+    assert len(preds) == 5
+    assert len(calls) == 3  # batches of 2, 2 and 1

@@ -26,6 +26,7 @@ import torch
 
 from . import hub
 from ._atomic import atomic_write_text
+from ._memory import release_free_memory
 from .config import PreprocessConfig, read_json
 from .errors import ConfigError, ImageTooLargeError, InvalidImageError
 from .gallery import Gallery
@@ -286,6 +287,8 @@ class Pipeline:
                     break
                 batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
                 yield from self._run_batch(batch)
+                del batch
+                release_free_memory()
         finally:
             for fut in pending:
                 fut.cancel()

@@ -1,0 +1,36 @@
+"""Give freed heap memory back to the operating system between batches."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from collections.abc import Callable
+from functools import cache
+
+__all__ = ["release_free_memory"]
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim  # glibc only; musl has none
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def release_free_memory() -> None:
+    """Return free heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Decoding photos of varying sizes in several threads leaves glibc's per-thread heaps
+    fragmented: freed image buffers stay mapped and the resident size creeps up over
+    thousands of photos. Trimming after each batch keeps a long run flat, for well under
+    a millisecond per photo.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
