@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ecomarine._gate_embedded import EmbeddedBackend, fit_logistic_head
+from ecomarine.config import PreprocessConfig
 from ecomarine.gate import EMBEDDED_GATE_DIR, Gate, GateConfig
 from ecomarine.metrics import roc_auc
 from ecomarine.transforms import load_batch
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=EMBEDDED_GATE_DIR)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gate_fit.json"))
+    parser.add_argument("--input-size", type=int, default=224, help="square gate input side")
     args = parser.parse_args()
     gate_root = args.data / "gate"
     with (gate_root / "manifest.csv").open(newline="", encoding="utf-8") as fh:
@@ -117,7 +119,7 @@ def main() -> None:
     )
     manifest = np.arange(len(groups)) < len(rows)
     backend = EmbeddedBackend()
-    pp = GateConfig().preprocess
+    pp = PreprocessConfig(input_size=(args.input_size, args.input_size))
     lp = log_probs(backend, sources, pp)
     fit_groups = ["dolphin", "beluga_lateral", "beluga_top_extra", "shark", "scenes", "synthetic"]
     fit_mask = np.isin(groups, fit_groups)
@@ -181,7 +183,8 @@ def main() -> None:
         "fit_calibration": report.to_dict(),
         "leave_one_group_out_roc_auc": logo,
         "manifest_roc_auc_fitted_head": roc_auc(scores[manifest], labels[manifest]),
-        "command": "python benchmarks/gate_fit.py --data ../shared/data",
+        "input_size": args.input_size,
+        "command": f"python benchmarks/gate_fit.py --data ../shared/data --input-size {args.input_size}",
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
