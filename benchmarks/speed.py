@@ -38,6 +38,7 @@ from ecomarine.index import VectorIndex, faiss_available
 from ecomarine.transforms import preprocess
 
 CACHE = Path("benchmarks/cache")
+ALL_PARTS = "throughput,gate,first,memory,search"
 
 
 def photo_set(data: Path, n_real: int) -> list[Path]:
@@ -261,7 +262,7 @@ def _probe(index: VectorIndex, queries: np.ndarray, truth: list[set[int]]) -> tu
 
 # Per approximate kind: the search setting swept (cheapest first) and its values.
 SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "hnsw": ("ef_search", (32, 64, 128, 256, 512)),
+    "hnsw": ("ef_search", (32, 64, 128, 256, 320, 384, 512)),
     "ivf": ("nprobe", (16, 64, 128, 256)),
     "sq8": ("refine", (1, 2, 4, 8)),
 }
@@ -326,24 +327,32 @@ def search_bench(
 
 
 def peak_memory(photos: list[Path], n: int) -> dict[str, Any]:
+    # VmHWM is the high-water mark of this process's own memory map. (ru_maxrss is not:
+    # a child started by vfork + exec inherits the parent's peak as its starting value.)
     code = f"""
-import itertools, resource
+import itertools
 from ecomarine import Pipeline
-from ecomarine._gate_embedded import EmbeddedBackend
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1])
 photos = {[str(p) for p in photos]!r}
 pipe = Pipeline.from_pretrained('embedded')
-rss = []
+loaded = status('VmRSS:')
+hwm = []
 for k, _ in enumerate(pipe.predict_many(itertools.islice(itertools.cycle(photos), {n}), batch_size=16)):
     if k % 250 == 0:
-        rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-print(rss[1] if len(rss) > 1 else rss[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        hwm.append(status('VmHWM:'))
+print(loaded, hwm[1] if len(hwm) > 1 else hwm[0], status('VmHWM:'), status('VmRSS:'))
 """
     out = _run_python(code)
-    early, peak = (int(x) for x in out.split())
+    loaded, early, peak, end = (int(x) for x in out.split())
     return {
         "photos": n,
         "peak_rss_mb": round(peak / 1024, 1),
-        "rss_after_250_photos_mb": round(early / 1024, 1),
+        "peak_rss_after_250_photos_mb": round(early / 1024, 1),
+        "rss_after_loading_mb": round(loaded / 1024, 1),
+        "rss_at_end_mb": round(end / 1024, 1),
     }
 
 
@@ -351,7 +360,9 @@ def markdown(res: dict[str, Any]) -> str:
     t = res["throughput"]
     r = t["images_per_s_median"]
     lines = [
-        f"Measured by `{res['command']}` on {res['machine']}.",
+        f"Measured by `{res['command']}` on {res['machine']}"
+        + "".join(f"; then `{r}`" for r in res.get("reruns", []))
+        + ".",
         "",
         "| measurement | value |",
         "| --- | --- |",
@@ -365,7 +376,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"| embedded gate alone: `Gate.score` on {res['gate']['photos']} real photos | {res['gate']['gate_score_images_per_s']} img/s |",
         f"| embedded gate alone: network on pre-decoded batches | {res['gate']['gate_network_images_per_s']} img/s |",
         f"| time to first prediction (fresh process) | {res['first_prediction']['seconds_median']} s |",
-        f"| peak RSS, `predict_many` over {res['memory']['photos']} photos | {res['memory']['peak_rss_mb']} MB |",
+        f"| peak RSS, `predict_many` over {res['memory']['photos']} photos | {res['memory']['peak_rss_mb']} MB "
+        f"(after loading {res['memory']['rss_after_loading_mb']} MB, peak by photo 250 "
+        f"{res['memory']['peak_rss_after_250_photos_mb']} MB) |",
         "",
         "Gallery search, one query at a time (median ms), recall@10 against exact search;",
         "for each approximate index the fastest setting with recall@10 >= 0.95:",
@@ -414,39 +427,60 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--parts",
+        default=ALL_PARTS,
+        help="comma-separated subset of throughput,gate,first,memory,search to rerun "
+        "(the others are kept from the existing speed.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     photos = photo_set(args.data, 16 if args.quick else 40)
     pipe = Pipeline.from_pretrained("embedded", device="cpu")
     assert pipe.gate is not None
     pipe.gate.config = type(pipe.gate.config)(**{**pipe.gate.config.__dict__, "threshold": 0.0})
-    res: dict[str, Any] = {
-        "command": "python benchmarks/speed.py --data ../shared/data"
-        + (" --quick" if args.quick else ""),
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
-    }
-    res["throughput"] = throughput(
-        pipe, photos, batch=16, workers=2, repeats=2 if args.quick else 3
+    previous = args.results / "speed.json"
+    res: dict[str, Any] = json.loads(previous.read_text()) if args.parts != ALL_PARTS else {}
+    command = "python benchmarks/speed.py --data ../shared/data" + (
+        " --quick" if args.quick else ""
     )
-    print(json.dumps(res["throughput"], indent=1), flush=True)
-    res["gate"] = gate_throughput(pipe, photos, batch=16, repeats=2 if args.quick else 3)
-    print(res["gate"], flush=True)
-    res["first_prediction"] = first_prediction(photos[0], 3)
-    print(res["first_prediction"], flush=True)
-    res["memory"] = peak_memory(photos, 200 if args.quick else 2000)
-    print(res["memory"], flush=True)
-    stats = embedding_statistics(args.data)
-    res["search_vectors"] = {
-        "kind": "gallery-like (real beluga embedding covariances)",
-        "per_id": 5,
-        "n_images": int(stats["n_images"]),
-        "n_individuals": int(stats["n_individuals"]),
-    }
-    sizes = [10_000] if args.quick else [10_000, 100_000, 1_000_000]
-    # At 1M only HNSW: IVF already needs a fifth of its cells for 0.95 at 100k.
-    kinds = {10_000: ("hnsw", "ivf", "sq8"), 100_000: ("hnsw", "ivf", "sq8"), 1_000_000: ("hnsw",)}
-    res["search"] = search_bench(sizes, stats, kinds)
-    print(res["search"], flush=True)
+    if args.parts == ALL_PARTS:
+        res.update(command=command, reruns=[])
+    else:
+        res.setdefault("reruns", []).append(f"{command} --parts {args.parts}")
+    res["machine"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    parts = set(args.parts.split(","))
+    if "throughput" in parts:
+        res["throughput"] = throughput(
+            pipe, photos, batch=16, workers=2, repeats=2 if args.quick else 3
+        )
+        print(json.dumps(res["throughput"], indent=1), flush=True)
+    if "gate" in parts:
+        res["gate"] = gate_throughput(pipe, photos, batch=16, repeats=2 if args.quick else 3)
+        print(res["gate"], flush=True)
+    if "first" in parts:
+        res["first_prediction"] = first_prediction(photos[0], 3)
+        print(res["first_prediction"], flush=True)
+    if "memory" in parts:
+        res["memory"] = peak_memory(photos, 200 if args.quick else 2000)
+        print(res["memory"], flush=True)
+    if "search" in parts:
+        stats = embedding_statistics(args.data)
+        res["search_vectors"] = {
+            "kind": "gallery-like (real beluga embedding covariances)",
+            "per_id": 5,
+            "n_images": int(stats["n_images"]),
+            "n_individuals": int(stats["n_individuals"]),
+        }
+        sizes = [10_000] if args.quick else [10_000, 100_000, 1_000_000]
+        # At 1M only HNSW: IVF already needs a fifth of its cells for 0.95 at 100k.
+        kinds = {
+            10_000: ("hnsw", "ivf", "sq8"),
+            100_000: ("hnsw", "ivf", "sq8"),
+            1_000_000: ("hnsw",),
+        }
+        res["search"] = search_bench(sizes, stats, kinds)
+        print(res["search"], flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "speed.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.results / "speed.md").write_text(markdown(res))
