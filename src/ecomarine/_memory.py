@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -16,8 +15,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim  # glibc only; musl has none
+        # The symbols already loaded into this process, libc's among them: no library
+        # search (ctypes.util.find_library would run ldconfig in a subprocess).
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only; not musl
     except (OSError, AttributeError):
         return None
     return trim

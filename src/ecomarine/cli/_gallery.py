@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..index import INDEX_KINDS
 from ._app import cli
 from ._common import fmt, table
 
@@ -58,7 +59,7 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
 @click.option(
     "--index",
     "index_kind",
-    type=click.Choice(["flat", "hnsw", "ivf", "sq8"]),
+    type=click.Choice(INDEX_KINDS),
     default="flat",
     show_default=True,
     help="Search index: exact, or approximate for large catalogues (needs faiss).",
