@@ -138,16 +138,53 @@ def test_cancelled_iteration_leaves_no_threads(
     assert alive == []
 
 
-def test_predict_many_trims_the_heap_after_each_batch(
+def test_predict_many_trims_the_heap_every_few_hundred_photos(
     embedded_pipeline: Pipeline, examples_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Freed decode buffers go back to the OS once per batch (flat memory over long runs)."""
+    """Freed decode buffers go back to the OS every _TRIM_EVERY photos (flat memory)."""
     _memory.release_free_memory()  # works (glibc) or is a no-op, never raises
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert _memory._malloc_trim() is not None
     calls: list[int] = []
     monkeypatch.setattr(pipeline_module, "release_free_memory", lambda: calls.append(1))
-    photos = sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:5]
+    monkeypatch.setattr(pipeline_module, "_TRIM_EVERY", 3)
+    photos = sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:7]
     preds = list(embedded_pipeline.predict_many(photos, batch_size=2, num_workers=2))
-    assert len(preds) == 5
-    assert len(calls) == 3  # batches of 2, 2 and 1
+    assert len(preds) == 7
+    assert len(calls) == 2  # batches of 2, 2 (trim), 2, 1 (trim)
+
+
+def test_on_a_cpu_decoding_and_networks_take_turns(
+    embedded_pipeline: Pipeline, examples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No photo is decoded while a network runs (they would fight for the same cores)."""
+    spans: dict[str, list[tuple[float, float]]] = {"decode": [], "network": []}
+    lock = threading.Lock()
+    clock = __import__("time").perf_counter
+
+    def timed(kind: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spans[kind].append((start, clock()))
+
+        return wrapper
+
+    pipe = embedded_pipeline
+    assert pipe.gate is not None
+    monkeypatch.setattr(pipe, "_prepare", timed("decode", pipe._prepare))
+    monkeypatch.setattr(pipe.gate, "score_tensor", timed("network", pipe.gate.score_tensor))
+    monkeypatch.setattr(
+        pipe.identifier, "embed_tensor", timed("network", pipe.identifier.embed_tensor)
+    )
+    photos = sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:9]
+    preds = list(pipe.predict_many(photos, batch_size=3, num_workers=2))
+    assert [p.source for p in preds] == [str(p) for p in photos]
+    assert len(spans["decode"]) == 9
+    assert len(spans["network"]) >= 3
+    for d0, d1 in spans["decode"]:
+        for n0, n1 in spans["network"]:
+            assert d1 <= n0 or n1 <= d0, "a photo was decoded while a network ran"

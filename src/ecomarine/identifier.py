@@ -216,7 +216,9 @@ class Identifier(nn.Module):
         self.eval()
         chunks = []
         for start in range(0, len(sources), batch_size):
-            batch = load_batch(sources[start : start + batch_size], self.config.preprocess, workers)
+            batch = load_batch(
+                sources[start : start + batch_size], self.config.preprocess, workers, self.device
+            )
             chunks.append(self.embed_tensor(batch, kind).cpu().numpy())
         return np.concatenate(chunks).astype(np.float32, copy=False)
 

@@ -21,19 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import hub
 from ._atomic import atomic_write_text
 from ._memory import release_free_memory
+from ._threads import single_threaded_torch
 from .config import PreprocessConfig, read_json
 from .errors import ConfigError, ImageTooLargeError, InvalidImageError
 from .gallery import Gallery
 from .gate import Gate
 from .identifier import EmbeddingKind, Identifier
-from .io import ImageSource, describe_source, load_image
-from .transforms import default_workers, preprocess
+from .io import ImageSource, describe_source
+from .transforms import decode_size, default_workers, load_pixels, normalize_batch, resize_pixels
 from .types import Match, Prediction
 
 __all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "Pipeline"]
@@ -45,6 +45,9 @@ DEFAULT_MODEL = "0x0000dead/ecomarineai-cetacean-effb4"
 #: The production gate: OpenCLIP ViT-B-32 (LAION-2B), weights on the Hub.
 PRODUCTION_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 PIPELINE_CONFIG = "pipeline.json"
+# Photos between returns of freed heap to the OS: often enough to keep a long run flat,
+# rarely enough that the next batch does not pay for faulting its buffers back in.
+_TRIM_EVERY = 64
 
 
 @dataclass
@@ -54,8 +57,8 @@ class _Item:
     index: int
     source: str
     sha256: str | None
-    gate_input: np.ndarray[Any, Any] | None = None
-    ident_input: np.ndarray[Any, Any] | None = None
+    gate_input: torch.Tensor | None = None
+    ident_input: torch.Tensor | None = None
     error: InvalidImageError | None = None
 
 
@@ -270,10 +273,21 @@ class Pipeline:
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         workers = default_workers() if num_workers is None else max(1, num_workers)
-        window = max(batch_size * 2, workers * 2)  # bounded read-ahead keeps memory flat
+        if self.identifier.device.type == "cpu":
+            # The networks already keep every core busy: photos decoded beside them only
+            # fight them for the cores (measured slower, benchmarks/speed.py), so on a
+            # CPU the decode threads and the networks take turns, batch by batch.
+            window = batch_size
+        else:
+            window = max(batch_size * 2, workers * 2)  # bounded read-ahead: flat memory
         pending: deque[Future[_Item]] = deque()
         it = enumerate(images)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ecomarine-decode")
+        pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="ecomarine-decode",
+            initializer=single_threaded_torch,
+        )
+        since_trim = 0
         try:
             exhausted = False
             while True:
@@ -287,8 +301,11 @@ class Pipeline:
                     break
                 batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
                 yield from self._run_batch(batch)
+                since_trim += len(batch)
                 del batch
-                release_free_memory()
+                if since_trim >= _TRIM_EVERY:
+                    release_free_memory()
+                    since_trim = 0
         finally:
             for fut in pending:
                 fut.cancel()
@@ -303,34 +320,37 @@ class Pipeline:
                 data = _read_file(Path(os.fspath(source)), name)
             if isinstance(data, bytes | bytearray | memoryview):
                 digest = hashlib.sha256(data).hexdigest()
-            img = load_image(data, target_size=self._decode_size())
+            pixels = load_pixels(data, self._decode_size())
         except InvalidImageError as exc:
             return _Item(index, name, digest, error=exc.renamed(name))
         ident_pp = self.identifier.config.preprocess
-        ident_input = preprocess(img, ident_pp)
+        ident_input = resize_pixels(pixels, ident_pp)
         gate_input = None
         if self.gate is not None:
             gate_pp = self.gate.config.preprocess
-            gate_input = ident_input if gate_pp == ident_pp else preprocess(img, gate_pp)
+            gate_input = ident_input if gate_pp == ident_pp else resize_pixels(pixels, gate_pp)
         return _Item(index, name, digest, gate_input, ident_input)
 
     def _decode_size(self) -> tuple[int, int]:
-        sizes: list[PreprocessConfig] = [self.identifier.config.preprocess]
+        configs: list[PreprocessConfig] = [self.identifier.config.preprocess]
         if self.gate is not None:
-            sizes.append(self.gate.config.preprocess)
-        return (max(p.width for p in sizes), max(p.height for p in sizes))
+            configs.append(self.gate.config.preprocess)
+        return decode_size(configs)
 
     def _run_batch(self, items: list[_Item]) -> Iterator[Prediction]:
         ok = [it for it in items if it.error is None]
         gate_scores: dict[int, float] = {}
         accepted = ok
+        device = self.identifier.device
         if self.gate is not None and ok:
-            scores = self.gate.score_tensor(_stack([it.gate_input for it in ok]))
+            gate_in = _stack([it.gate_input for it in ok], self.gate.config.preprocess, device)
+            scores = self.gate.score_tensor(gate_in)
             gate_scores = {it.index: float(s) for it, s in zip(ok, scores.tolist(), strict=True)}
             accepted = [it for it in ok if gate_scores[it.index] >= self.gate.threshold]
         answers: dict[int, Prediction] = {}
         if accepted:
-            batch = _stack([it.ident_input for it in accepted])
+            pp = self.identifier.config.preprocess
+            batch = _stack([it.ident_input for it in accepted], pp, device)
             emb = self.identifier.embed_tensor(batch, self.embedding_kind)
             for it, pred in zip(accepted, self._identify(emb, accepted, gate_scores), strict=True):
                 answers[it.index] = pred
@@ -409,11 +429,13 @@ class Pipeline:
         return out
 
 
-def _stack(arrays: Sequence[np.ndarray[Any, Any] | None]) -> torch.Tensor:
-    present = [a for a in arrays if a is not None]
-    if len(present) != len(arrays):  # pragma: no cover - _prepare always fills both
+def _stack(
+    inputs: Sequence[torch.Tensor | None], pp: PreprocessConfig, device: torch.device
+) -> torch.Tensor:
+    present = [x for x in inputs if x is not None]
+    if len(present) != len(inputs):  # pragma: no cover - _prepare always fills both
         raise ConfigError("internal error: a decoded image lacks its network input")
-    return torch.from_numpy(np.stack(present))
+    return normalize_batch(present, pp, device)
 
 
 def _read_file(path: Path, name: str) -> bytes:
