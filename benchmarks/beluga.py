@@ -45,6 +45,8 @@ def main() -> None:
     )
     seconds = time.perf_counter() - started
     command = f"python benchmarks/beluga.py --model {args.model} --kind {args.kind}"
+    if args.name != "beluga":
+        command += f" --name {args.name}"
     result = {
         "protocol": "beluga next-season (DESIGN.md)",
         "command": command,
