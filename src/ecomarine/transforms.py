@@ -3,7 +3,7 @@
 At inference, decode threads turn each photo into uint8 pixels just large enough
 (:func:`load_pixels`: JPEG draft mode, then an integer box reduction) and resize them
 to each network's input with PyTorch (:func:`resize_pixels`): its antialiased uint8
-resize is several times faster than Pillow's on a CPU and matches Pillow's filters to
+resize is faster than Pillow's on a CPU and matches Pillow's filters to
 within a grey level or two. The batch is then normalised once, on the model's device
 (:func:`normalize_batch`). Training caches keep Pillow's :func:`resize`.
 """
