@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,20 @@ import torch
 from . import hub
 from ._atomic import atomic_write_text
 from ._memory import release_free_memory
-from ._threads import single_threaded_torch
 from .config import PreprocessConfig, read_json
 from .errors import ConfigError, ImageTooLargeError, InvalidImageError
 from .gallery import Gallery
 from .gate import Gate
 from .identifier import EmbeddingKind, Identifier
 from .io import ImageSource, describe_source
-from .transforms import decode_size, default_workers, load_pixels, normalize_batch, resize_pixels
+from .transforms import (
+    decode_pool,
+    decode_size,
+    default_workers,
+    load_pixels,
+    normalize_batch,
+    resize_pixels,
+)
 from .types import Match, Prediction
 
 __all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "Pipeline"]
@@ -282,11 +288,7 @@ class Pipeline:
             window = max(batch_size * 2, workers * 2)  # bounded read-ahead: flat memory
         pending: deque[Future[_Item]] = deque()
         it = enumerate(images)
-        pool = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix="ecomarine-decode",
-            initializer=single_threaded_torch,
-        )
+        pool = decode_pool(workers)
         since_trim = 0
         try:
             exhausted = False

@@ -24,6 +24,7 @@ from .config import PreprocessConfig
 from .io import ImageSource, load_image
 
 __all__ = [
+    "decode_pool",
     "decode_size",
     "default_workers",
     "load_batch",
@@ -33,8 +34,6 @@ __all__ = [
     "resize",
     "resize_pixels",
     "thread_map",
-    "to_batch",
-    "to_input",
 ]
 
 _T = TypeVar("_T")
@@ -165,27 +164,23 @@ def normalize_batch(
     return y.permute(0, 3, 1, 2)
 
 
-def to_input(
-    pixels: Sequence[np.ndarray[Any, Any]],
-    pp: PreprocessConfig,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Decoded uint8 photos to a normalised, channels-last ``(B, 3, H, W)`` float batch."""
-    return normalize_batch([resize_pixels(p, pp) for p in pixels], pp, device)
-
-
 def preprocess(img: Image.Image, pp: PreprocessConfig) -> np.ndarray[Any, np.dtype[np.float32]]:
     """Resize and normalise one RGB image to a ``(3, H, W)`` float32 array.
 
-    The same arithmetic as the batched inference path (:func:`to_input`).
+    The same arithmetic as the batched inference path.
     """
-    x = to_input([np.array(img.convert("RGB"), dtype=np.uint8)], pp)[0]
+    pixels = np.array(img.convert("RGB"), dtype=np.uint8)
+    x = normalize_batch([resize_pixels(pixels, pp)], pp)[0]
     return np.ascontiguousarray(x.numpy())
 
 
-def to_batch(arrays: Sequence[np.ndarray[Any, Any]]) -> torch.Tensor:
-    """Stack preprocessed arrays into a ``(B, 3, H, W)`` tensor."""
-    return torch.from_numpy(np.stack(arrays))
+def decode_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of decode threads, each running PyTorch on itself alone."""
+    return ThreadPoolExecutor(
+        max_workers=workers,
+        thread_name_prefix="ecomarine-decode",
+        initializer=single_threaded_torch,
+    )
 
 
 def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
@@ -196,11 +191,7 @@ def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Ite
     if workers <= 1:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(
-        max_workers=workers,
-        thread_name_prefix="ecomarine-decode",
-        initializer=single_threaded_torch,
-    ) as pool:
+    with decode_pool(workers) as pool:
         yield from pool.map(fn, items)
 
 
