@@ -18,7 +18,7 @@ Scores returned by every kind are exact inner products of the returned rows.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -29,7 +29,7 @@ __all__ = ["INDEX_KINDS", "IndexKind", "VectorIndex", "faiss_available"]
 logger = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "hnsw", "ivf", "sq8"]
-INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf", "sq8")
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 _CHUNK_BYTES = 64 * 1024 * 1024  # similarity block size: keeps memory bounded
 
 
