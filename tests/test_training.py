@@ -48,14 +48,39 @@ def _cfg(examples_dir: Path, out: Path, **changes: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
+def _open_set_split(examples_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """Training CSV without two whales; calibration CSV: the queries plus those two (new)."""
+    belugas = examples_dir / "belugas"
+    gallery = (belugas / "gallery.csv").read_text().splitlines()
+    queries = (belugas / "queries.csv").read_text().splitlines()
+    held = sorted({line.split(",")[1] for line in gallery[1:]})[:2]
+    train_csv, calib_csv = folder / "train.csv", folder / "calibration.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    train_csv.write_text("\n".join(r for r in gallery if r.split(",")[1] not in held) + "\n")
+    # Same four columns in both files (the gallery also has species).
+    calib_rows = queries[1:] + [
+        ",".join(r.split(",")[:4]) for r in gallery[1:] if r.split(",")[1] in held
+    ]
+    calib_csv.write_text("\n".join([queries[0], *calib_rows]) + "\n")
+    return train_csv, calib_csv
+
+
 def test_training_smoke_loss_falls_and_output_loads(tmp_path: Path, examples_dir: Path) -> None:
-    result = train(_cfg(examples_dir, tmp_path / "model"))
+    train_csv, calib_csv = _open_set_split(examples_dir, tmp_path / "csv")
+    result = train(
+        _cfg(
+            examples_dir,
+            tmp_path / "model",
+            csv=str(train_csv),
+            calibration_csv=str(calib_csv),
+        )
+    )
     assert len(result.losses) == 4
     assert result.losses[-1] < result.losses[0]
     assert np.isfinite(result.losses).all()
     ident = Identifier.from_pretrained(tmp_path / "model", device="cpu")
     assert ident.config.backbone == "test_efficientnet"
-    assert len(ident.labels) == 12
+    assert len(ident.labels) == 10
     assert ident.new_individual_threshold is not None
     assert ident.config.feature_new_individual_threshold is not None
     card = (tmp_path / "model" / "README.md").read_text()
@@ -66,6 +91,20 @@ def test_training_smoke_loss_falls_and_output_loads(tmp_path: Path, examples_dir
     emb = ident.embed(sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[:2])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     assert (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
+    # The shipped threshold was chosen on the inference path's similarities: evaluation's
+    # own calibration, on the same queries against the training images, picks it again.
+    belugas = examples_dir / "belugas"
+    calib = read_catalog_csv(calib_csv, belugas)
+    report = evaluate_open_set(
+        ident,
+        read_catalog_csv(train_csv, belugas),
+        calib,
+        calibration_samples=calib,
+        num_workers=1,
+    )
+    assert report.n_new == 8 and report.n_known == 10  # both kinds of query
+    assert report.threshold == pytest.approx(ident.new_individual_threshold, abs=1e-6)
+    assert -1.0 < report.threshold < 1.0
 
 
 def test_training_is_deterministic_and_resumes(tmp_path: Path, examples_dir: Path) -> None:

@@ -8,7 +8,14 @@ from .data import (
     read_catalog_csv,
     split_by_group_hash,
 )
-from .loop import TrainConfig, TrainResult, build_model, embed_catalog, train
+from .loop import (
+    TrainConfig,
+    TrainResult,
+    build_model,
+    calibrate_identifier,
+    embed_catalog,
+    train,
+)
 
 __all__ = [
     "AugmentConfig",
@@ -18,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "calibrate_identifier",
     "embed_catalog",
     "read_catalog_csv",
     "split_by_group_hash",

@@ -37,7 +37,14 @@ from .data import (
     split_by_group_hash,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "embed_catalog", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "calibrate_identifier",
+    "embed_catalog",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +336,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             rng,
         )
     model = model.to(torch.device("cpu")).to(memory_format=torch.contiguous_format).eval()
-    calibration = _calibrate(model, train_images, calib, cfg) if calib else {}
+    calibration = (
+        calibrate_identifier(
+            model, samples, calib, new_fraction=cfg.calibration_new_fraction, workers=cfg.workers
+        )
+        if calib
+        else {}
+    )
     if calibration:
         model.config = model.config.replace(
             new_individual_threshold=calibration["embedding"]["threshold"],
@@ -357,20 +370,58 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(out, losses, validation, calibration, seconds)
 
 
-def _calibrate(
-    model: Identifier, train_images: CatalogImages, calib: list[Sample], cfg: TrainConfig
+def calibrate_identifier(
+    model: Identifier,
+    samples: Sequence[Sample],
+    calib: Sequence[Sample],
+    *,
+    new_fraction: float | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    from ..calibration import choose_new_individual_threshold  # noqa: PLC0415
+    """Choose each kind's open-set threshold: held-out queries against the training images.
 
-    calib_images = CatalogImages(calib, model.config.preprocess, workers=cfg.workers)
+    Both sets are embedded through the inference path (``Identifier.embed`` on the
+    files), not a training cache: a threshold must be chosen on the similarities it will
+    be compared with. Set the results on the model with
+    ``config.replace(new_individual_threshold=..., feature_new_individual_threshold=...)``.
+
+    Args:
+        model: The identifier (single network or ensemble).
+        samples: The gallery side: the images the model was trained on.
+        calib: Held-out queries (never trained on); individuals absent from ``samples``
+            count as new.
+        new_fraction: Share of new individuals expected among future queries (see
+            :func:`~ecomarine.calibration.choose_new_individual_threshold`).
+        workers: Decode threads.
+
+    Returns:
+        ``{"n_queries": N, "embedding": {...}, "features": {...}}``; each kind holds the
+        chosen ``threshold``, its weighted ``map5``, ``roc_auc``, ``top1`` and ``top5``.
+    """
+    from ..calibration import choose_new_individual_threshold  # noqa: PLC0415
+    from ..gallery import search_labelled  # noqa: PLC0415
+    from ..metrics import known_top_k_accuracy  # noqa: PLC0415
+
     out: dict[str, Any] = {"n_queries": len(calib)}
     kinds: tuple[EmbeddingKind, ...] = ("embedding", "features")
     for kind in kinds:
-        metrics, cands, truths = _open_set_eval(model, train_images, calib_images, kind)
-        chosen = choose_new_individual_threshold(
-            cands, truths, new_fraction=cfg.calibration_new_fraction
+
+        def embed(part: Sequence[Sample], kind: EmbeddingKind = kind) -> np.ndarray[Any, Any]:
+            paths = [s.path for s in part]
+            return model.embed(paths, kind=kind, batch_size=64, num_workers=workers)
+
+        cands, truths = search_labelled(
+            embed(samples),
+            [s.individual_id for s in samples],
+            embed(calib),
+            [s.individual_id for s in calib],
         )
-        out[kind] = {**chosen.to_dict(), "top1": metrics["top1"], "top5": metrics["top5"]}
+        chosen = choose_new_individual_threshold(cands, truths, new_fraction=new_fraction)
+        out[kind] = {
+            **chosen.to_dict(),
+            "top1": known_top_k_accuracy(cands, truths, 1),
+            "top5": known_top_k_accuracy(cands, truths, 5),
+        }
         logger.info("calibration (%s): %s", kind, out[kind])
     return out
 
