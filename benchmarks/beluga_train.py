@@ -17,22 +17,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
 
-from beluga_data import prepare
+from beluga_data import prepare, season_turnover
 
 from ecomarine.training import TrainConfig, train
-
-
-def season_turnover(gallery_csv: Path) -> float:
-    """Share of 2018 images whose whale does not appear in 2017."""
-    with gallery_csv.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    seen_2017 = {r["individual_id"] for r in rows if r["date"].startswith("2017")}
-    y2018 = [r for r in rows if r["date"].startswith("2018")]
-    return sum(r["individual_id"] not in seen_2017 for r in y2018) / len(y2018)
 
 
 def main() -> None:

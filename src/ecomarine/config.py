@@ -198,6 +198,10 @@ class IdentifierConfig:
             trained embedding, calibrated on held-out data.
         feature_new_individual_threshold: The same for the general pooled features.
         name: A short model name for cards and predictions.
+        members: Number of member networks (an ensemble when > 1). Each member is a
+            backbone -> pooling -> neck of this architecture; the identifier's vectors
+            concatenate the members' unit-norm vectors (see
+            :func:`ecomarine.ensemble.ensemble_identifiers`).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -210,9 +214,12 @@ class IdentifierConfig:
     new_individual_threshold: float | None = None
     feature_new_individual_threshold: float | None = None
     name: str = "custom"
+    members: int = 1
 
     def __post_init__(self) -> None:
         where = "config"
+        if self.members < 1:
+            raise _fail(where, f"members must be >= 1, got {self.members}")
         if not self.backbone:
             raise _fail(where, "backbone must be a timm model name")
         if self.pooling not in _POOLINGS:
@@ -230,7 +237,7 @@ class IdentifierConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the ``config.json`` content (with the format version)."""
-        return {
+        out: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "backbone": self.backbone,
             "pooling": self.pooling,
@@ -243,6 +250,11 @@ class IdentifierConfig:
             "feature_new_individual_threshold": self.feature_new_individual_threshold,
             "name": self.name,
         }
+        # Written only for ensembles: single-network files (and the gallery fingerprints
+        # derived from them) stay exactly as before.
+        if self.members != 1:
+            out["members"] = self.members
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "config.json") -> IdentifierConfig:
@@ -270,6 +282,7 @@ class IdentifierConfig:
             "embedding_size": int,
             "backbone_num_classes": int,
             "name": str,
+            "members": int,
         }
         for key, kind in simple.items():
             if key in body:

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import timm
@@ -109,27 +109,12 @@ class Identifier(nn.Module):
         # timm models share an informal interface (forward_features, forward_head,
         # num_features) that nn.Module's type does not describe.
         self.backbone: Any
-        try:
-            self.backbone = timm.create_model(
-                config.backbone, pretrained=False, num_classes=config.backbone_num_classes
-            )
-        except RuntimeError as exc:  # timm: "Unknown model (...)"
-            raise ConfigError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
-        self.num_features = int(self.backbone.num_features)
-        self.pool: nn.Module = GeM() if config.pooling == "gem" else _AvgPool()
-        self.neck: nn.Module
-        if config.neck == "bn":
-            self.neck = nn.Sequential(
-                nn.Linear(self.num_features, config.embedding_size),
-                nn.BatchNorm1d(config.embedding_size),
-            )
-            self.embedding_size = config.embedding_size
-        elif config.neck == "linear":
-            self.neck = nn.Linear(self.num_features, config.embedding_size)
-            self.embedding_size = config.embedding_size
-        else:
-            self.neck = nn.Identity()
-            self.embedding_size = self.num_features
+        self.backbone, self.pool, self.neck, features, embedding = _build_member(config)
+        # Members 2.. of an ensemble; empty (no tensors) for a single network, so that
+        # single-network weight files keep their key names.
+        self.extra_members = nn.ModuleList(_Member(config) for _ in range(config.members - 1))
+        self.num_features = features * config.members
+        self.embedding_size = embedding * config.members
         self.head: ArcMarginProduct | SubCenterArcMarginProduct | None = None
         if config.head is not None:
             if not self.labels:
@@ -148,17 +133,36 @@ class Identifier(nn.Module):
     # --- forward passes -----------------------------------------------------------------
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Backbone feature map ``(B, C, H, W)``."""
+        """Backbone feature map ``(B, C, H, W)`` (of the first member of an ensemble)."""
         out: Tensor = self.backbone.forward_features(x)
         return out
 
+    def _members(self) -> list[tuple[Any, nn.Module, nn.Module]]:
+        members = [cast(_Member, m) for m in self.extra_members]
+        extra = [(m.backbone, m.pool, m.neck) for m in members]
+        return [(self.backbone, self.pool, self.neck), *extra]
+
     def pooled(self, x: Tensor) -> Tensor:
-        """General pooled features ``(B, num_features)`` (not normalised)."""
-        return self.pool(self.forward_features(x))  # type: ignore[no-any-return]
+        """General pooled features ``(B, num_features)``.
+
+        Not normalised for a single network; an ensemble concatenates its members'
+        unit-norm features, scaled so that the result has unit norm.
+        """
+        if not self.extra_members:
+            return self.pool(self.forward_features(x))  # type: ignore[no-any-return]
+        return _concat_unit([pool(bb.forward_features(x)) for bb, pool, _ in self._members()])
 
     def forward(self, x: Tensor) -> Tensor:
-        """Trained embedding ``(B, embedding_size)`` (not normalised; training uses this)."""
-        return self.neck(self.pooled(x))  # type: ignore[no-any-return]
+        """Trained embedding ``(B, embedding_size)`` (not normalised; training uses this).
+
+        An ensemble concatenates its members' unit-norm embeddings (unit norm overall), so
+        cosine similarity is the mean of the members' cosine similarities.
+        """
+        if not self.extra_members:
+            return self.neck(self.pooled(x))  # type: ignore[no-any-return]
+        return _concat_unit(
+            [neck(pool(bb.forward_features(x))) for bb, pool, neck in self._members()]
+        )
 
     def imagenet_logits(self, x: Tensor) -> Tensor:
         """Logits of the backbone's own classifier (needs ``backbone_num_classes > 0``)."""
@@ -285,7 +289,9 @@ class Identifier(nn.Module):
             arch.pop(key)
         arch.pop("head")
         digest.update(json.dumps([arch, kind], sort_keys=True).encode())
-        modules = [self.backbone, self.pool] + ([self.neck] if kind == "embedding" else [])
+        modules: list[nn.Module] = []
+        for backbone, pool, neck in self._members():
+            modules += [backbone, pool] + ([neck] if kind == "embedding" else [])
         for module in modules:
             for name, tensor in sorted(module.state_dict().items()):
                 if "num_batches_tracked" in name:
@@ -301,14 +307,27 @@ class Identifier(nn.Module):
         save_directory: str | os.PathLike[str],
         *,
         model_card: str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Path:
         """Write ``config.json``, ``model.safetensors``, ``labels.json`` and ``README.md``.
 
         Each file is written atomically. Returns the folder.
+
+        Args:
+            save_directory: The folder (created if needed).
+            model_card: ``README.md`` text; default: a card generated from the config.
+            dtype: Store floating-point tensors in this type (``torch.float16`` halves
+                the file). Loading casts them back to the model's float32, so the loaded
+                model computes with the rounded weights; calibrate after rounding.
         """
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {}
+        for key, value in self.state_dict().items():
+            tensor = value.detach().cpu()
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            state[key] = tensor.contiguous()
         atomic_write_bytes(folder / WEIGHTS_NAME, save_safetensors_bytes(state))
         labels = {"individual_ids": self.labels, "species": self.species_by_id}
         atomic_write_text(folder / LABELS_NAME, json.dumps(labels, indent=1) + "\n")
@@ -423,6 +442,44 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
     if hasattr(images, "read") or hasattr(images, "getpixel"):
         return [images]  # type: ignore[list-item]
     return list(images)
+
+
+def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, int, int]:
+    """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
+    backbone: Any
+    try:
+        backbone = timm.create_model(
+            config.backbone, pretrained=False, num_classes=config.backbone_num_classes
+        )
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ConfigError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+    features = int(backbone.num_features)
+    pool: nn.Module = GeM() if config.pooling == "gem" else _AvgPool()
+    size = config.embedding_size
+    neck: nn.Module
+    if config.neck == "bn":
+        neck = nn.Sequential(nn.Linear(features, size), nn.BatchNorm1d(size))
+    elif config.neck == "linear":
+        neck = nn.Linear(features, size)
+    else:
+        neck, size = nn.Identity(), features
+    return backbone, pool, neck, features, size
+
+
+class _Member(nn.Module):
+    """One further network of an ensemble (the first one is the identifier's own)."""
+
+    def __init__(self, config: IdentifierConfig) -> None:
+        super().__init__()
+        self.backbone: Any
+        self.backbone, self.pool, self.neck, _, _ = _build_member(config)
+
+
+def _concat_unit(parts: list[Tensor]) -> Tensor:
+    # Each part unit-norm, the whole scaled by 1/sqrt(M): the result has unit norm and its
+    # dot products are the mean of the members' cosine similarities.
+    scale = 1.0 / float(len(parts)) ** 0.5
+    return torch.cat([F.normalize(p.float(), dim=1) * scale for p in parts], dim=1)
 
 
 class _AvgPool(nn.Module):

@@ -1,4 +1,4 @@
-"""``ecomarine train`` and ``ecomarine evaluate``."""
+"""``ecomarine train``, ``ecomarine evaluate`` and ``ecomarine ensemble``."""
 
 from __future__ import annotations
 
@@ -225,3 +225,81 @@ def evaluate(
         atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
     if md_out is not None:
         atomic_write_text(md_out, md)
+
+
+@cli.command()
+@click.argument("members", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--name", default="ensemble", show_default=True)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The members' training CSV (the calibration gallery).",
+)
+@click.option(
+    "--calibration-csv",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Held-out queries for the open-set thresholds (needs --csv and --images).",
+)
+@click.option("--images", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--new-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Expected share of new individuals among future queries.",
+)
+@click.option(
+    "--half/--no-half", default=True, show_default=True, help="Store the weights in float16."
+)
+def ensemble(
+    members: tuple[str, ...],
+    out: str,
+    name: str,
+    csv_path: str | None,
+    calibration_csv: str | None,
+    images: str | None,
+    new_fraction: float | None,
+    half: bool,
+) -> None:
+    """Combine trained identifiers (MEMBERS: folders or Hub ids) into one ensemble."""
+    import shlex  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from ..ensemble import build_ensemble, ensemble_card  # noqa: PLC0415
+    from ..identifier import Identifier  # noqa: PLC0415
+    from ..training.data import read_catalog_csv  # noqa: PLC0415
+
+    if calibration_csv and not (csv_path and images):
+        raise click.UsageError("--calibration-csv needs --csv and --images")
+    models = [Identifier.from_pretrained(m, device="cpu") for m in members]
+    dtype = torch.float16 if half else None
+    model, calibration = build_ensemble(
+        models,
+        name=name,
+        train_samples=read_catalog_csv(csv_path, images) if csv_path and images else None,
+        calibration_samples=(
+            read_catalog_csv(calibration_csv, images) if calibration_csv and images else None
+        ),
+        new_fraction=new_fraction,
+        dtype=dtype,
+    )
+    parts = ["ecomarine", "ensemble", *members, "--out", out, "--name", name]
+    for flag, value in (
+        ("--csv", csv_path),
+        ("--calibration-csv", calibration_csv),
+        ("--images", images),
+        ("--new-fraction", new_fraction),
+    ):
+        if value is not None:
+            parts += [flag, str(value)]
+    command = shlex.join([*parts, "--half" if half else "--no-half"])
+    card = ensemble_card(model, command, members, calibration)
+    model.save_pretrained(out, model_card=card, dtype=dtype)
+    if calibration:
+        c = calibration["embedding"]
+        click.echo(f"open-set threshold {c['threshold']:.3f} (calibration MAP@5 {c['map5']:.3f})")
+    else:
+        click.echo("no calibration data: the ensemble has no open-set threshold")
+    click.echo(f"ensemble of {len(models)} written to {out}")

@@ -1,0 +1,205 @@
+"""Ensembles: several separately trained identifiers combined into one.
+
+Identifiers fine-tuned on a small catalogue vary a lot from run to run (seed, input
+size), and their errors differ; concatenating their unit-norm embeddings averages their
+cosine similarities, which ranks individuals better than any one of them. The result is
+an ordinary :class:`~ecomarine.identifier.Identifier` (``config.members > 1``): it saves,
+loads, embeds, builds galleries and runs in a pipeline like a single network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from .errors import ConfigError
+from .heads import ArcMarginProduct
+from .identifier import Identifier
+from .model_card import identifier_card
+
+if TYPE_CHECKING:
+    from .training.data import Sample
+
+__all__ = ["build_ensemble", "ensemble_card", "ensemble_identifiers", "round_weights"]
+
+logger = logging.getLogger(__name__)
+
+# Config fields that every member must share (the rest is per-model metadata).
+_SHARED = ("backbone", "pooling", "neck", "embedding_size", "preprocess", "backbone_num_classes")
+
+
+def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifier:
+    """Combine single-network identifiers of one architecture into an ensemble.
+
+    The ensemble's embedding is the concatenation of the members' unit-norm embeddings
+    divided by ``sqrt(len(models))``: unit norm, and its cosine similarity is the mean
+    of the members' similarities. The same holds for the ``"features"`` kind.
+
+    When every member has an ArcFace head over the same individuals, the ensemble gets
+    one too: each class's normalised member weights, concatenated, so that its cosines
+    are again the members' mean (``classify`` keeps working). Otherwise (different
+    labels, sub-centre heads, no heads) the ensemble has no head.
+
+    Open-set thresholds are not carried over: an ensemble's similarities have their own
+    scale, so calibrate it on held-out data (for example with
+    :func:`ecomarine.training.calibrate_identifier`).
+
+    Args:
+        models: Two or more single-network identifiers (not ensembles themselves).
+        name: The ensemble's model name.
+
+    Raises:
+        ConfigError: Fewer than two models, an ensemble among them, or members whose
+            architecture or preprocessing differ (the message names the field).
+    """
+    if len(models) < 2:
+        raise ConfigError("an ensemble needs at least two identifiers")
+    first = models[0].config
+    for i, model in enumerate(models):
+        if model.config.members != 1:
+            raise ConfigError(f"identifier {i} is already an ensemble; combine single networks")
+        for key in _SHARED:
+            if getattr(model.config, key) != getattr(first, key):
+                raise ConfigError(
+                    f"identifier {i} differs from identifier 0 in {key!r}: "
+                    f"{getattr(model.config, key)!r} vs {getattr(first, key)!r}"
+                )
+    head = first.head if _heads_combine(models) else None
+    labels = models[0].labels if head is not None else []
+    species: dict[str, str] = {}
+    for model in models:
+        species.update(model.species_by_id)
+    config = first.replace(
+        members=len(models),
+        head=head,
+        new_individual_threshold=None,
+        feature_new_individual_threshold=None,
+        name=name,
+    )
+    ensemble = Identifier(config, labels, species if head is not None else None)
+    state = {}
+    for prefix, member in zip(
+        ["", *(f"extra_members.{i}." for i in range(len(models) - 1))], models, strict=True
+    ):
+        for key, tensor in member.state_dict().items():
+            if key.split(".", 1)[0] in ("backbone", "pool", "neck"):
+                state[prefix + key] = tensor.detach().cpu()
+    if ensemble.head is not None:
+        weights = [F.normalize(_head_weight(m), dim=1) for m in models]
+        state["head.weight"] = torch.cat(weights, dim=1)
+    ensemble.load_state_dict(state, strict=True)
+    return ensemble.eval()
+
+
+def _heads_combine(models: Sequence[Identifier]) -> bool:
+    heads = [m.config.head for m in models]
+    if any(h is None or h.type != "arcface" for h in heads):
+        logger.info("ensemble without a head: members lack plain ArcFace heads")
+        return False
+    if any(h != heads[0] for h in heads) or any(m.labels != models[0].labels for m in models):
+        logger.info("ensemble without a head: members' heads or individuals differ")
+        return False
+    return True
+
+
+def _head_weight(model: Identifier) -> torch.Tensor:
+    head = model.head
+    if not isinstance(head, ArcMarginProduct):  # checked by _heads_combine
+        raise ConfigError("expected an ArcFace head")
+    return head.weight.detach().cpu().float()
+
+
+def round_weights(model: Identifier, dtype: torch.dtype) -> Identifier:
+    """Round floating-point weights to ``dtype`` and back, in place.
+
+    The model then computes exactly what it will after ``save_pretrained(dtype=dtype)``
+    and loading, so thresholds calibrated on it hold for the saved file.
+    """
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).to(tensor.dtype))
+    return model
+
+
+def build_ensemble(
+    models: Sequence[Identifier],
+    *,
+    name: str,
+    train_samples: Sequence[Sample] | None = None,
+    calibration_samples: Sequence[Sample] | None = None,
+    new_fraction: float | None = None,
+    dtype: torch.dtype | None = torch.float16,
+    workers: int | None = None,
+) -> tuple[Identifier, dict[str, Any]]:
+    """Combine members, round the weights for storage, and calibrate the open-set thresholds.
+
+    Args:
+        models: Single-network identifiers (see :func:`ensemble_identifiers`).
+        name: The ensemble's model name.
+        train_samples: The members' training images (the calibration gallery).
+        calibration_samples: Held-out queries; with ``train_samples``, the thresholds
+            are calibrated (:func:`ecomarine.training.calibrate_identifier`), else the
+            ensemble has none.
+        new_fraction: Expected share of new individuals among future queries.
+        dtype: Storage type the weights are rounded to (``None``: keep float32).
+        workers: Decode threads.
+
+    Returns:
+        The ensemble and the calibration results (``{}`` when not calibrated).
+    """
+    from .training import calibrate_identifier  # noqa: PLC0415 - training pulls in more
+
+    ensemble = ensemble_identifiers(models, name=name)
+    if dtype is not None:
+        round_weights(ensemble, dtype)
+    if not train_samples or not calibration_samples:
+        logger.warning("ensemble %s has no open-set thresholds (no calibration data)", name)
+        return ensemble, {}
+    calibration = calibrate_identifier(
+        ensemble, train_samples, calibration_samples, new_fraction=new_fraction, workers=workers
+    )
+    ensemble.config = ensemble.config.replace(
+        new_individual_threshold=calibration["embedding"]["threshold"],
+        feature_new_individual_threshold=calibration["features"]["threshold"],
+    )
+    return ensemble, calibration
+
+
+def ensemble_card(
+    model: Identifier, command: str, members: Sequence[str | Path], calibration: dict[str, Any]
+) -> str:
+    """A model card naming the command that built the ensemble and each member's training."""
+    lines = [
+        "## Ensemble",
+        "",
+        f"{len(members)} networks of one architecture, trained separately; the embedding",
+        "concatenates their unit-norm embeddings, so its cosine similarity is the mean of",
+        "the members' similarities.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "Members and their training commands:",
+        "",
+        *(f"- `{m}`: `{_training_command(Path(m))}`" for m in members),
+    ]
+    if calibration:
+        lines += ["", "### Open-set calibration", "", "```json"]
+        lines += [json.dumps(calibration, indent=1), "```"]
+    return identifier_card(model, extra="\n".join(lines))
+
+
+def _training_command(folder: Path) -> str:
+    try:
+        data = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+        return str(data["config"]["command"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "unknown (no training.json)"
