@@ -56,7 +56,8 @@ def test_ensemble_vectors_are_the_scaled_concatenation(photos: list[Path], kind:
 def test_ensemble_head_averages_member_cosines(photos: list[Path]) -> None:
     members = _members(2)
     ens = ensemble_identifiers(members, name="duo")
-    assert ens.head is not None and ens.labels == ["w1", "w2", "w3"]
+    assert ens.head is not None
+    assert ens.labels == ["w1", "w2", "w3"]
     with torch.inference_mode():
         got = ens.head.cosine(torch.from_numpy(ens.embed(photos, num_workers=1)))
         want = torch.stack(
@@ -77,7 +78,8 @@ def test_ensemble_round_trip_and_half_precision(photos: list[Path], tmp_path: Pa
     want = ens.embed(photos, num_workers=1)
     ens.save_pretrained(tmp_path / "fp32")
     loaded = Identifier.from_pretrained(tmp_path / "fp32", device="cpu")
-    assert loaded.config.members == 2 and loaded.config.new_individual_threshold == 0.3
+    assert loaded.config.members == 2
+    assert loaded.config.new_individual_threshold == 0.3
     np.testing.assert_allclose(loaded.embed(photos, num_workers=1), want, atol=1e-6)
     assert loaded.fingerprint() == ens.fingerprint()
 
@@ -129,7 +131,9 @@ def test_ensemble_without_a_shared_head(photos: list[Path]) -> None:
     torch.manual_seed(7)
     other_ids = Identifier(tiny_config(), ["a", "b", "c"]).eval()
     ens = ensemble_identifiers([_members(1)[0], other_ids], name="mixed")
-    assert ens.head is None and ens.config.head is None and ens.labels == []
+    assert ens.head is None
+    assert ens.config.head is None
+    assert ens.labels == []
     with pytest.raises(ConfigError, match="no ArcFace head"):
         ens.classify(photos[:1])
     sub = tiny_identifier(head=HeadConfig(type="subcenter", s=30.0, m=0.5, k=2))
@@ -165,11 +169,13 @@ def test_cli_ensemble_calibrates_and_loads(
     assert main(args) == 0, capsys.readouterr().err
     assert "ensemble of 2 written" in capsys.readouterr().out
     ens = Identifier.from_pretrained(tmp_path / "ens", device="cpu")
-    assert ens.config.members == 2 and ens.config.name == "duo"
+    assert ens.config.members == 2
+    assert ens.config.name == "duo"
     assert ens.new_individual_threshold is not None
     assert ens.config.feature_new_individual_threshold is not None
     card = (tmp_path / "ens" / "README.md").read_text()
-    assert "ecomarine ensemble" in card and "Open-set calibration" in card
+    assert "ecomarine ensemble" in card
+    assert "Open-set calibration" in card
     assert card.count("unknown (no training.json)") == 2
 
     # The threshold is the one that evaluation's own calibration picks on the saved model.
@@ -202,5 +208,7 @@ def test_cli_ensemble_errors_are_one_line(
     ):
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+        assert err.startswith("error: "), err
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()

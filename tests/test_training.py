@@ -102,7 +102,8 @@ def test_training_smoke_loss_falls_and_output_loads(tmp_path: Path, examples_dir
         calibration_samples=calib,
         num_workers=1,
     )
-    assert report.n_new == 8 and report.n_known == 10  # both kinds of query
+    assert report.n_new == 8
+    assert report.n_known == 10
     assert report.threshold == pytest.approx(ident.new_individual_threshold, abs=1e-6)
     assert -1.0 < report.threshold < 1.0
 
