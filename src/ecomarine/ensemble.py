@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: N812
 from .errors import ConfigError
 from .heads import ArcMarginProduct
 from .identifier import Identifier
-from .model_card import identifier_card
+from .model_card import calibration_section, identifier_card
 
 if TYPE_CHECKING:
     from .training.data import Sample
@@ -165,10 +165,6 @@ def build_ensemble(
     calibration = calibrate_identifier(
         ensemble, train_samples, calibration_samples, new_fraction=new_fraction, workers=workers
     )
-    ensemble.config = ensemble.config.replace(
-        new_individual_threshold=calibration["embedding"]["threshold"],
-        feature_new_individual_threshold=calibration["features"]["threshold"],
-    )
     return ensemble, calibration
 
 
@@ -190,10 +186,8 @@ def ensemble_card(
         "Members and their training commands:",
         "",
         *(f"- `{m}`: `{_training_command(Path(m))}`" for m in members),
+        *calibration_section(calibration),
     ]
-    if calibration:
-        lines += ["", "### Open-set calibration", "", "```json"]
-        lines += [json.dumps(calibration, indent=1), "```"]
     return identifier_card(model, extra="\n".join(lines))
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
 if TYPE_CHECKING:
     from .identifier import Identifier
 
-__all__ = ["identifier_card"]
+__all__ = ["calibration_section", "identifier_card"]
+
+
+def calibration_section(calibration: dict[str, Any]) -> list[str]:
+    """Card lines for open-set calibration results (none when there are none)."""
+    if not calibration:
+        return []
+    return ["", "### Open-set calibration", "", "```json", json.dumps(calibration, indent=1), "```"]
 
 
 def identifier_card(model: Identifier, *, extra: str = "") -> str:

@@ -271,17 +271,19 @@ def ensemble(
     from ..identifier import Identifier  # noqa: PLC0415
     from ..training.data import read_catalog_csv  # noqa: PLC0415
 
-    if calibration_csv and not (csv_path and images):
-        raise click.UsageError("--calibration-csv needs --csv and --images")
+    train_samples = calibration_samples = None
+    if calibration_csv:
+        if not (csv_path and images):
+            raise click.UsageError("--calibration-csv needs --csv and --images")
+        train_samples = read_catalog_csv(csv_path, images)
+        calibration_samples = read_catalog_csv(calibration_csv, images)
     models = [Identifier.from_pretrained(m, device="cpu") for m in members]
     dtype = torch.float16 if half else None
     model, calibration = build_ensemble(
         models,
         name=name,
-        train_samples=read_catalog_csv(csv_path, images) if csv_path and images else None,
-        calibration_samples=(
-            read_catalog_csv(calibration_csv, images) if calibration_csv and images else None
-        ),
+        train_samples=train_samples,
+        calibration_samples=calibration_samples,
         new_fraction=new_fraction,
         dtype=dtype,
     )

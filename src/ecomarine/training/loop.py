@@ -27,7 +27,7 @@ from ..config import HeadConfig, IdentifierConfig, PreprocessConfig
 from ..errors import ConfigError, DataError, WeightsNotFoundError
 from ..heads import dynamic_margins
 from ..identifier import EmbeddingKind, Identifier
-from ..model_card import identifier_card
+from ..model_card import calibration_section, identifier_card
 from .data import (
     AugmentConfig,
     CatalogImages,
@@ -192,28 +192,26 @@ def embed_catalog(
     return np.concatenate(chunks).astype(np.float32)
 
 
-def _open_set_eval(
-    model: Identifier,
-    gallery_images: CatalogImages,
-    query_images: CatalogImages,
-    kind: EmbeddingKind,
-    threshold: float | None = None,
+def _search_metrics(
+    gallery: np.ndarray[Any, Any],
+    gallery_samples: Sequence[Sample],
+    queries: np.ndarray[Any, Any],
+    query_samples: Sequence[Sample],
 ) -> tuple[dict[str, float], list[list[Any]], list[str]]:
+    """Search labelled query vectors in labelled gallery vectors: top-1/top-5 and matches."""
     from ..gallery import search_labelled  # noqa: PLC0415
-    from ..metrics import insert_new_individual, known_top_k_accuracy, map_at_k  # noqa: PLC0415
+    from ..metrics import known_top_k_accuracy  # noqa: PLC0415
 
     cands, truths = search_labelled(
-        embed_catalog(model, gallery_images, kind),
-        [s.individual_id for s in gallery_images.samples],
-        embed_catalog(model, query_images, kind),
-        [s.individual_id for s in query_images.samples],
+        gallery,
+        [s.individual_id for s in gallery_samples],
+        queries,
+        [s.individual_id for s in query_samples],
     )
     metrics = {
         "top1": known_top_k_accuracy(cands, truths, 1),
         "top5": known_top_k_accuracy(cands, truths, 5),
     }
-    if threshold is not None:
-        metrics["map5"] = map_at_k([insert_new_individual(c, threshold) for c in cands], truths)
     return metrics, cands, truths
 
 
@@ -319,7 +317,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             seen / max(1e-9, time.perf_counter() - t0),
         )
         if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            metrics, _, _ = _open_set_eval(model, train_images, val_images, "embedding")
+            metrics, _, _ = _search_metrics(
+                embed_catalog(model, train_images),
+                train_images.samples,
+                embed_catalog(model, val_images),
+                val_images.samples,
+            )
             metrics["epoch"] = epoch + 1
             validation.append(metrics)
             logger.info("validation after epoch %d: %s", epoch + 1, metrics)
@@ -343,11 +346,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         if calib
         else {}
     )
-    if calibration:
-        model.config = model.config.replace(
-            new_individual_threshold=calibration["embedding"]["threshold"],
-            feature_new_individual_threshold=calibration["features"]["threshold"],
-        )
     if model.head is not None:
         model.head.class_margins = None
     seconds = time.perf_counter() - started
@@ -378,15 +376,16 @@ def calibrate_identifier(
     new_fraction: float | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Choose each kind's open-set threshold: held-out queries against the training images.
+    """Choose and set each kind's open-set threshold on held-out queries.
 
-    Both sets are embedded through the inference path (``Identifier.embed`` on the
-    files), not a training cache: a threshold must be chosen on the similarities it will
-    be compared with. Set the results on the model with
-    ``config.replace(new_individual_threshold=..., feature_new_individual_threshold=...)``.
+    The held-out queries are searched among the training images. Both sets are embedded
+    through the inference path (``Identifier.embed`` on the files), not a training
+    cache: a threshold must be chosen on the similarities it will be compared with. The
+    chosen thresholds are written into ``model.config`` (``new_individual_threshold``
+    and ``feature_new_individual_threshold``).
 
     Args:
-        model: The identifier (single network or ensemble).
+        model: The identifier (single network or ensemble); its config is updated.
         samples: The gallery side: the images the model was trained on.
         calib: Held-out queries (never trained on); individuals absent from ``samples``
             count as new.
@@ -399,8 +398,6 @@ def calibrate_identifier(
         chosen ``threshold``, its weighted ``map5``, ``roc_auc``, ``top1`` and ``top5``.
     """
     from ..calibration import choose_new_individual_threshold  # noqa: PLC0415
-    from ..gallery import search_labelled  # noqa: PLC0415
-    from ..metrics import known_top_k_accuracy  # noqa: PLC0415
 
     out: dict[str, Any] = {"n_queries": len(calib)}
     kinds: tuple[EmbeddingKind, ...] = ("embedding", "features")
@@ -410,19 +407,14 @@ def calibrate_identifier(
             paths = [s.path for s in part]
             return model.embed(paths, kind=kind, batch_size=64, num_workers=workers)
 
-        cands, truths = search_labelled(
-            embed(samples),
-            [s.individual_id for s in samples],
-            embed(calib),
-            [s.individual_id for s in calib],
-        )
+        metrics, cands, truths = _search_metrics(embed(samples), samples, embed(calib), calib)
         chosen = choose_new_individual_threshold(cands, truths, new_fraction=new_fraction)
-        out[kind] = {
-            **chosen.to_dict(),
-            "top1": known_top_k_accuracy(cands, truths, 1),
-            "top5": known_top_k_accuracy(cands, truths, 5),
-        }
+        out[kind] = {**chosen.to_dict(), **metrics}
         logger.info("calibration (%s): %s", kind, out[kind])
+    model.config = model.config.replace(
+        new_individual_threshold=out["embedding"]["threshold"],
+        feature_new_individual_threshold=out["features"]["threshold"],
+    )
     return out
 
 
@@ -525,13 +517,5 @@ def _training_card(
     ]
     if validation:
         lines += ["", "### Validation", "", "```json", json.dumps(validation, indent=1), "```"]
-    if calibration:
-        lines += [
-            "",
-            "### Open-set calibration",
-            "",
-            "```json",
-            json.dumps(calibration, indent=1),
-            "```",
-        ]
+    lines += calibration_section(calibration)
     return identifier_card(model, extra="\n".join(lines))
