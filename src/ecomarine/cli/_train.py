@@ -83,6 +83,31 @@ def _size(value: str) -> tuple[int, int]:
     type=click.FloatRange(0, 1),
     help="Probability of random erasing (one rectangle per image).",
 )
+@click.option(
+    "--teacher",
+    multiple=True,
+    help="Distil this trained identifier (repeat: an ensemble of them) into the new one.",
+)
+@click.option(
+    "--distill-weight",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the teacher's class distribution (needs its head).",
+)
+@click.option(
+    "--distill-temperature",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+)
+@click.option(
+    "--distill-similarity",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Weight of the teacher's similarities between the photos of a batch.",
+)
 @click.option("--val-csv", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--calibration-csv",
@@ -121,6 +146,10 @@ def train(
     rotate: float,
     zoom: float,
     erase: float,
+    teacher: tuple[str, ...],
+    distill_weight: float,
+    distill_temperature: float,
+    distill_similarity: float,
     val_csv: str | None,
     calibration_csv: str | None,
     calibration_fraction: float,
@@ -155,6 +184,10 @@ def train(
         rotate=rotate,
         zoom=zoom,
         erase=erase,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
+        distill_similarity=distill_similarity,
         val_csv=val_csv,
         calibration_csv=calibration_csv,
         calibration_fraction=calibration_fraction,
@@ -305,3 +338,71 @@ def ensemble(
     else:
         click.echo("no calibration data: the ensemble has no open-set threshold")
     click.echo(f"ensemble of {len(models)} written to {out}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--csv",
+    "csv_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The model's training CSV (the calibration gallery).",
+)
+@click.option(
+    "--calibration-csv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Held-out queries (never trained on).",
+)
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--new-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Expected share of new individuals among future queries.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a calibrated copy here (default: update MODEL in place).",
+)
+def calibrate(
+    model: str,
+    csv_path: str,
+    calibration_csv: str,
+    images: str,
+    new_fraction: float | None,
+    out: str | None,
+) -> None:
+    """Choose an identifier folder's open-set thresholds on held-out queries.
+
+    Both kinds (trained embedding and general features) are calibrated through the
+    inference path; config.json gets the thresholds and the model card a record.
+    """
+    import shlex  # noqa: PLC0415
+
+    from ..identifier import Identifier  # noqa: PLC0415
+    from ..training import calibrate_identifier, read_catalog_csv  # noqa: PLC0415
+    from ..training.recalibrate import write_calibration  # noqa: PLC0415
+
+    train_samples = read_catalog_csv(csv_path, images)
+    held_out = read_catalog_csv(calibration_csv, images)
+    ident = Identifier.from_pretrained(model)
+    result = calibrate_identifier(ident, train_samples, held_out, new_fraction=new_fraction)
+    parts = ["ecomarine", "calibrate", model, "--csv", csv_path]
+    parts += ["--calibration-csv", calibration_csv, "--images", images]
+    if new_fraction is not None:
+        parts += ["--new-fraction", str(new_fraction)]
+    if out is not None:
+        parts += ["--out", out]
+    target = write_calibration(
+        Path(model), ident.config, result, shlex.join(parts), out=Path(out) if out else None
+    )
+    e, f = result["embedding"], result["features"]
+    click.echo(
+        f"open-set thresholds: embedding {e['threshold']:.3f} (calibration MAP@5 "
+        f"{e['map5']:.3f}), features {f['threshold']:.3f} (MAP@5 {f['map5']:.3f})"
+    )
+    click.echo(f"written to {target}")

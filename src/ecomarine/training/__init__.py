@@ -8,6 +8,12 @@ from .data import (
     read_catalog_csv,
     split_by_group_hash,
 )
+from .distill import (
+    Teacher,
+    class_distillation_loss,
+    load_teacher,
+    similarity_distillation_loss,
+)
 from .loop import (
     TrainConfig,
     TrainResult,
@@ -16,18 +22,24 @@ from .loop import (
     embed_catalog,
     train,
 )
+from .recalibrate import write_calibration
 
 __all__ = [
     "AugmentConfig",
     "CatalogImages",
     "IdentitySampler",
     "Sample",
+    "Teacher",
     "TrainConfig",
     "TrainResult",
     "build_model",
     "calibrate_identifier",
+    "class_distillation_loss",
     "embed_catalog",
+    "load_teacher",
     "read_catalog_csv",
+    "similarity_distillation_loss",
     "split_by_group_hash",
     "train",
+    "write_calibration",
 ]

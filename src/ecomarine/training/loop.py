@@ -36,6 +36,12 @@ from .data import (
     read_catalog_csv,
     split_by_group_hash,
 )
+from .distill import (
+    Teacher,
+    class_distillation_loss,
+    load_teacher,
+    similarity_distillation_loss,
+)
 
 __all__ = [
     "TrainConfig",
@@ -83,6 +89,10 @@ class TrainConfig:
     rotate: float = 0.0
     zoom: float = 0.0
     erase: float = 0.0
+    teacher: tuple[str, ...] = ()
+    distill_weight: float = 1.0
+    distill_temperature: float = 4.0
+    distill_similarity: float = 0.0
     val_csv: str | None = None
     val_every: int = 1
     calibration_csv: str | None = None
@@ -104,6 +114,13 @@ class TrainConfig:
             raise ConfigError("sampler must be 'random' or 'identity'")
         if self.lr <= 0:
             raise ConfigError("lr must be positive")
+        self.teacher = tuple(self.teacher)
+        if self.distill_weight < 0 or self.distill_similarity < 0:
+            raise ConfigError("distillation weights must be >= 0")
+        if self.distill_temperature <= 0:
+            raise ConfigError("distill_temperature must be positive")
+        if self.teacher and self.distill_weight == 0 and self.distill_similarity == 0:
+            raise ConfigError("a teacher needs distill_weight > 0 or distill_similarity > 0")
 
 
 @dataclass
@@ -257,6 +274,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    teacher = _teacher(cfg, labels, pp, device)
     start_epoch, step = 0, 0
     losses: list[float] = []
     validation: list[dict[str, float]] = []
@@ -290,9 +308,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             with torch.autocast(device.type, enabled=use_amp):
-                assert model.head is not None
-                logits = model.head(model(x), y)
-                loss = F.cross_entropy(logits.float(), y)
+                if model.head is None:  # build_model always gives one
+                    raise ConfigError("training needs an identifier with a head")
+                emb = model(x)
+                loss = F.cross_entropy(model.head(emb, y).float(), y)
+                if teacher is not None:
+                    loss = loss + _distillation(cfg, model, teacher, x, emb)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
@@ -338,7 +359,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             validation,
             rng,
         )
-    model = model.to(torch.device("cpu")).to(memory_format=torch.contiguous_format).eval()
+    model.eval()
+    # Calibrate on the training device (a GPU embeds the files many times faster).
     calibration = (
         calibrate_identifier(
             model, samples, calib, new_fraction=cfg.calibration_new_fraction, workers=cfg.workers
@@ -346,6 +368,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if calib
         else {}
     )
+    model = model.to(torch.device("cpu")).to(memory_format=torch.contiguous_format).eval()
     if model.head is not None:
         model.head.class_margins = None
     seconds = time.perf_counter() - started
@@ -366,6 +389,38 @@ def train(cfg: TrainConfig) -> TrainResult:
         + "\n",
     )
     return TrainResult(out, losses, validation, calibration, seconds)
+
+
+def _teacher(
+    cfg: TrainConfig, labels: Sequence[str], pp: PreprocessConfig, device: torch.device
+) -> Teacher | None:
+    if not cfg.teacher:
+        return None
+    teacher = Teacher(
+        load_teacher(cfg.teacher),
+        labels,
+        pp.input_size,
+        need_classes=cfg.distill_weight > 0,
+        mean=pp.mean,
+        std=pp.std,
+    )
+    return teacher.to(device)
+
+
+def _distillation(
+    cfg: TrainConfig, model: Identifier, teacher: Teacher, x: torch.Tensor, emb: torch.Tensor
+) -> torch.Tensor:
+    """The distillation terms of the loss for one batch (student embeddings ``emb``)."""
+    target_emb, target_logits = teacher.targets(x)
+    loss = torch.zeros((), device=emb.device)
+    if target_logits is not None and model.head is not None:
+        student_logits = model.head.cosine(emb) * model.head.s
+        loss = loss + cfg.distill_weight * class_distillation_loss(
+            student_logits, target_logits, cfg.distill_temperature
+        )
+    if cfg.distill_similarity > 0:
+        loss = loss + cfg.distill_similarity * similarity_distillation_loss(emb, target_emb)
+    return loss
 
 
 def calibrate_identifier(
@@ -515,6 +570,12 @@ def _training_card(
         f"head {cfg.head} (s={cfg.s}, m={cfg.m}{', dynamic margins' if cfg.dynamic_margin else ''})",
         f"- training time: {seconds / 60:.1f} min; final loss {losses[-1]:.4f}" if losses else "",
     ]
+    if cfg.teacher:
+        lines.append(
+            f"- distilled from {', '.join(f'`{t}`' for t in cfg.teacher)} (class weight "
+            f"{cfg.distill_weight}, temperature {cfg.distill_temperature}; similarity weight "
+            f"{cfg.distill_similarity})"
+        )
     if validation:
         lines += ["", "### Validation", "", "```json", json.dumps(validation, indent=1), "```"]
     lines += calibration_section(calibration)
