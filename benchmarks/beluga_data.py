@@ -8,6 +8,11 @@ Splits (all columns: image,individual_id,encounter,date,species):
 * ``gallery.csv``: every 2017 and 2018 image (the evaluation gallery);
 * ``queries.csv``: every 2019 image.
 
+``--shrink-to DIR --size HxW`` also writes the training and calibration images, resized
+exactly as training's image cache resizes them for that input size (JPEG, quality 90),
+with ``metadata.csv``: a copy small enough to send to another machine for training
+(``beluga_train.py --data DIR``). Evaluation always reads the original images.
+
 Usage: python benchmarks/beluga_data.py --data ../shared/data/beluga --out runs/beluga
 """
 
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 from pathlib import Path
 
-from ecomarine.training import Sample, split_by_group_hash
+from ecomarine.config import PreprocessConfig
+from ecomarine.training import AugmentConfig, Sample, read_catalog_csv, split_by_group_hash
 
 FIELDS = ["image", "individual_id", "encounter", "date", "species"]
 
@@ -79,12 +86,37 @@ def season_turnover(gallery_csv: Path) -> float:
     return sum(r["individual_id"] not in seen_2017 for r in y2018) / len(y2018)
 
 
+def shrink(data: Path, splits: Path, out: Path, input_size: tuple[int, int]) -> int:
+    """Write the training-cache view of the train and calibration images under ``out``."""
+    from ecomarine.io import load_image
+    from ecomarine.transforms import resize
+
+    pad = AugmentConfig().pad
+    h, w = input_size
+    padded = PreprocessConfig(input_size=(round(h * (1 + pad)), round(w * (1 + pad))))
+    n = 0
+    for name in ("train", "calibration"):
+        for sample in read_catalog_csv(splits / f"{name}.csv", data):
+            target = out / sample.image
+            target.parent.mkdir(parents=True, exist_ok=True)
+            img = load_image(sample.path, target_size=(padded.width, padded.height))
+            resize(img, padded).save(target, "JPEG", quality=90)
+            n += 1
+    shutil.copy(data / "metadata.csv", out / "metadata.csv")
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/beluga"))
     parser.add_argument("--out", type=Path, default=Path("runs/beluga"))
+    parser.add_argument("--shrink-to", type=Path, default=None)
+    parser.add_argument("--size", default="320x112", help="training input HxW (--shrink-to)")
     args = parser.parse_args()
     print(prepare(args.data, args.out))
+    if args.shrink_to is not None:
+        h, w = (int(x) for x in args.size.split("x"))
+        print(f"{shrink(args.data, args.out, args.shrink_to, (h, w))} images -> {args.shrink_to}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,16 @@ The open-set thresholds are calibrated on the held-out calibration split, weight
 individuals by the 2017 -> 2018 turnover (the share of 2018 images whose whale was not
 seen in 2017) -- 2019 data is never used.
 
+``--teacher DIR...`` distils one trained identifier, or several combined into an
+ensemble, into the new network (``--distill-weight``: class distribution,
+``--distill-similarity``: batch similarities). ``--no-calibrate`` skips the calibration
+(``ecomarine calibrate`` can set the thresholds later) and validates on the calibration
+split after each epoch instead.
+
 Usage:
     python benchmarks/beluga_train.py --data ../shared/data/beluga --out runs/beluga-model
     python benchmarks/beluga_train.py --epochs 18 --rotate 10 --zoom 0.15 --erase 0.5 --out runs/model-aug18
+    python benchmarks/beluga_train.py --teacher runs/t0 runs/t1 runs/t2 --out runs/student
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ def main() -> None:
     parser.add_argument("--zoom", type=float, default=0.0, help="max relative zoom")
     parser.add_argument("--erase", type=float, default=0.0, help="random-erasing probability")
     parser.add_argument("--m", type=float, default=0.4, help="ArcFace margin")
+    parser.add_argument("--teacher", nargs="+", default=[], help="identifier folder(s)")
+    parser.add_argument("--distill-weight", type=float, default=1.0)
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
+    parser.add_argument("--distill-similarity", type=float, default=0.0)
+    parser.add_argument("--no-calibrate", action="store_true")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
+    parser.add_argument("--workers", type=int, default=2, help="decode threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prepare(args.data, args.splits)
@@ -63,18 +77,35 @@ def main() -> None:
             rotate=args.rotate,
             zoom=args.zoom,
             erase=args.erase,
-            calibration_csv=str(args.splits / "calibration.csv"),
+            calibration_csv=None if args.no_calibrate else str(args.splits / "calibration.csv"),
             calibration_new_fraction=turnover,
+            val_csv=str(args.splits / "calibration.csv") if args.no_calibrate else None,
+            teacher=tuple(args.teacher),
+            distill_weight=args.distill_weight,
+            distill_temperature=args.distill_temperature,
+            distill_similarity=args.distill_similarity,
+            device=args.device,
+            workers=args.workers,
             seed=args.seed,
             name="embedded-beluga-lite0",
             command=(
                 f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed} "
                 f"--input-size {args.input_size} --rotate {args.rotate} --zoom {args.zoom} "
-                f"--erase {args.erase} --m {args.m}"
+                f"--erase {args.erase} --m {args.m}" + _distill_args(args)
             ),
         )
     )
     logging.info("done in %.1f min; calibration %s", result.seconds / 60, result.calibration)
+
+
+def _distill_args(args: argparse.Namespace) -> str:
+    if not args.teacher:
+        return ""
+    return (
+        f" --teacher {' '.join(args.teacher)} --distill-weight {args.distill_weight} "
+        f"--distill-temperature {args.distill_temperature} "
+        f"--distill-similarity {args.distill_similarity}"
+    )
 
 
 if __name__ == "__main__":
