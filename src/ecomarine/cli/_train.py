@@ -20,6 +20,25 @@ def _size(value: str) -> tuple[int, int]:
     return h, w
 
 
+# Shared by the commands that calibrate open-set thresholds.
+_new_fraction = click.option(
+    "--new-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Expected share of new individuals among future queries.",
+)
+
+
+def _command(parts: list[str], options: dict[str, object]) -> str:
+    """The shell command line to record: ``parts`` plus the options that were given."""
+    import shlex  # noqa: PLC0415
+
+    for flag, value in options.items():
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
 @cli.command()
 @click.option(
     "--csv",
@@ -276,12 +295,7 @@ def evaluate(
     help="Held-out queries for the open-set thresholds (needs --csv and --images).",
 )
 @click.option("--images", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--new-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="Expected share of new individuals among future queries.",
-)
+@_new_fraction
 @click.option(
     "--half/--no-half", default=True, show_default=True, help="Store the weights in float16."
 )
@@ -296,8 +310,6 @@ def ensemble(
     half: bool,
 ) -> None:
     """Combine trained identifiers (MEMBERS: folders or Hub ids) into one ensemble."""
-    import shlex  # noqa: PLC0415
-
     import torch  # noqa: PLC0415
 
     from ..ensemble import build_ensemble, ensemble_card  # noqa: PLC0415
@@ -320,16 +332,16 @@ def ensemble(
         new_fraction=new_fraction,
         dtype=dtype,
     )
-    parts = ["ecomarine", "ensemble", *members, "--out", out, "--name", name]
-    for flag, value in (
-        ("--csv", csv_path),
-        ("--calibration-csv", calibration_csv),
-        ("--images", images),
-        ("--new-fraction", new_fraction),
-    ):
-        if value is not None:
-            parts += [flag, str(value)]
-    command = shlex.join([*parts, "--half" if half else "--no-half"])
+    command = _command(
+        ["ecomarine", "ensemble", *members, "--out", out, "--name", name],
+        {
+            "--csv": csv_path,
+            "--calibration-csv": calibration_csv,
+            "--images": images,
+            "--new-fraction": new_fraction,
+        },
+    )
+    command += " --half" if half else " --no-half"
     card = ensemble_card(model, command, members, calibration)
     model.save_pretrained(out, model_card=card, dtype=dtype)
     if calibration:
@@ -356,12 +368,7 @@ def ensemble(
     help="Held-out queries (never trained on).",
 )
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--new-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    help="Expected share of new individuals among future queries.",
-)
+@_new_fraction
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -381,8 +388,6 @@ def calibrate(
     Both kinds (trained embedding and general features) are calibrated through the
     inference path; config.json gets the thresholds and the model card a record.
     """
-    import shlex  # noqa: PLC0415
-
     from ..identifier import Identifier  # noqa: PLC0415
     from ..training import calibrate_identifier, read_catalog_csv  # noqa: PLC0415
     from ..training.recalibrate import write_calibration  # noqa: PLC0415
@@ -391,14 +396,18 @@ def calibrate(
     held_out = read_catalog_csv(calibration_csv, images)
     ident = Identifier.from_pretrained(model)
     result = calibrate_identifier(ident, train_samples, held_out, new_fraction=new_fraction)
-    parts = ["ecomarine", "calibrate", model, "--csv", csv_path]
-    parts += ["--calibration-csv", calibration_csv, "--images", images]
-    if new_fraction is not None:
-        parts += ["--new-fraction", str(new_fraction)]
-    if out is not None:
-        parts += ["--out", out]
+    command = _command(
+        ["ecomarine", "calibrate", model],
+        {
+            "--csv": csv_path,
+            "--calibration-csv": calibration_csv,
+            "--images": images,
+            "--new-fraction": new_fraction,
+            "--out": out,
+        },
+    )
     target = write_calibration(
-        Path(model), ident.config, result, shlex.join(parts), out=Path(out) if out else None
+        Path(model), ident.config, result, command, out=Path(out) if out else None
     )
     e, f = result["embedding"], result["features"]
     click.echo(
