@@ -6,9 +6,15 @@ one shipped with the model (calibrated on held-out 2018 encounters, never on 201
 
 Writes ``benchmarks/results/beluga.json`` and ``benchmarks/results/beluga.md``.
 
+``--split calibration`` searches the held-out 2018 calibration encounters among the
+training images instead (the view a model's threshold was chosen on; use it, not 2019,
+to choose between variants). ``--input-size HxW`` runs the model at another input size
+than its config's (a fully convolutional backbone with global pooling accepts any).
+
 Usage:
     python benchmarks/beluga.py --data ../shared/data/beluga               # shipped embedded model
     python benchmarks/beluga.py --model runs/beluga-model --kind features  # any model folder
+    python benchmarks/beluga.py --split calibration --input-size 346x121 --name cal_346
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from beluga_data import prepare
 
 from ecomarine import Identifier
+from ecomarine.config import PreprocessConfig
 from ecomarine.evaluation import evaluate_open_set, report_markdown
 from ecomarine.training import read_catalog_csv
 
@@ -33,22 +40,44 @@ def main() -> None:
     parser.add_argument("--kind", choices=["embedding", "features"], default="embedding")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="beluga")
+    parser.add_argument("--split", choices=["2019", "calibration"], default="2019")
+    parser.add_argument("--input-size", default=None, help="HxW (default: the model's)")
     args = parser.parse_args()
     prepare(args.data, args.splits)
     ident = Identifier.from_pretrained(args.model)
+    if args.input_size:
+        h, w = (int(x) for x in args.input_size.split("x"))
+        pp = ident.config.preprocess
+        ident.config = ident.config.replace(
+            preprocess=PreprocessConfig(
+                input_size=(h, w),
+                mean=pp.mean,
+                std=pp.std,
+                interpolation=pp.interpolation,
+                resize=pp.resize,
+            )
+        )
+    gallery, queries = ("gallery", "queries") if args.split == "2019" else ("train", "calibration")
     started = time.perf_counter()
     report = evaluate_open_set(
         ident,
-        read_catalog_csv(args.splits / "gallery.csv", args.data),
-        read_catalog_csv(args.splits / "queries.csv", args.data),
+        read_catalog_csv(args.splits / f"{gallery}.csv", args.data),
+        read_catalog_csv(args.splits / f"{queries}.csv", args.data),
         kind=args.kind,
     )
     seconds = time.perf_counter() - started
     command = f"python benchmarks/beluga.py --model {args.model} --kind {args.kind}"
-    if args.name != "beluga":
-        command += f" --name {args.name}"
+    for flag, value, default in (
+        ("--split", args.split, "2019"),
+        ("--input-size", args.input_size, None),
+        ("--name", args.name, "beluga"),
+    ):
+        if value != default:
+            command += f" {flag} {value}"
     result = {
-        "protocol": "beluga next-season (DESIGN.md)",
+        "protocol": "beluga next-season (DESIGN.md)"
+        if args.split == "2019"
+        else "beluga calibration split: held-out 2018 encounters vs the training images",
         "command": command,
         "seconds": round(seconds, 1),
         **report.to_dict(),
@@ -56,7 +85,12 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (
-        report_markdown(report, "Beluga next-season identification")
+        report_markdown(
+            report,
+            "Beluga next-season identification"
+            if args.split == "2019"
+            else "Beluga held-out 2018 encounters (calibration split)",
+        )
         + f"\nProduced by `{command}` in {seconds:.0f} s.\n"
     )
     (args.results / f"{args.name}.md").write_text(md)
