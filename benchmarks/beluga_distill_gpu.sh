@@ -12,6 +12,9 @@
 # DATA is a copy made by `beluga_data.py --shrink-to` (or the original images);
 # a watchdog stops whatever still runs after DEADLINE seconds.
 #
+# Status: exercised on the CPU in small form only (DEVICE=cpu TEACHERS=2 EPOCHS=1); not
+# yet run on a GPU.
+#
 # Usage: DATA=.gpu/beluga SPLITS=.gpu/splits OUT=runs/distill bash benchmarks/beluga_distill_gpu.sh
 set -u
 DATA=${DATA:-../shared/data/beluga}
