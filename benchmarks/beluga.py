@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from pathlib import Path
 from beluga_data import prepare
 
 from ecomarine import Identifier
-from ecomarine.config import PreprocessConfig
 from ecomarine.evaluation import evaluate_open_set, report_markdown
 from ecomarine.training import read_catalog_csv
 
@@ -47,16 +47,8 @@ def main() -> None:
     ident = Identifier.from_pretrained(args.model)
     if args.input_size:
         h, w = (int(x) for x in args.input_size.split("x"))
-        pp = ident.config.preprocess
-        ident.config = ident.config.replace(
-            preprocess=PreprocessConfig(
-                input_size=(h, w),
-                mean=pp.mean,
-                std=pp.std,
-                interpolation=pp.interpolation,
-                resize=pp.resize,
-            )
-        )
+        pp = dataclasses.replace(ident.config.preprocess, input_size=(h, w))
+        ident.config = ident.config.replace(preprocess=pp)
     gallery, queries = ("gallery", "queries") if args.split == "2019" else ("train", "calibration")
     started = time.perf_counter()
     report = evaluate_open_set(

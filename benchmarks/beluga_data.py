@@ -24,7 +24,13 @@ import shutil
 from pathlib import Path
 
 from ecomarine.config import PreprocessConfig
-from ecomarine.training import AugmentConfig, Sample, read_catalog_csv, split_by_group_hash
+from ecomarine.training import (
+    AugmentConfig,
+    Sample,
+    cache_view,
+    read_catalog_csv,
+    split_by_group_hash,
+)
 
 FIELDS = ["image", "individual_id", "encounter", "date", "species"]
 
@@ -88,19 +94,13 @@ def season_turnover(gallery_csv: Path) -> float:
 
 def shrink(data: Path, splits: Path, out: Path, input_size: tuple[int, int]) -> int:
     """Write the training-cache view of the train and calibration images under ``out``."""
-    from ecomarine.io import load_image
-    from ecomarine.transforms import resize
-
-    pad = AugmentConfig().pad
-    h, w = input_size
-    padded = PreprocessConfig(input_size=(round(h * (1 + pad)), round(w * (1 + pad))))
+    pp, pad = PreprocessConfig(input_size=input_size), AugmentConfig().pad
     n = 0
     for name in ("train", "calibration"):
         for sample in read_catalog_csv(splits / f"{name}.csv", data):
             target = out / sample.image
             target.parent.mkdir(parents=True, exist_ok=True)
-            img = load_image(sample.path, target_size=(padded.width, padded.height))
-            resize(img, padded).save(target, "JPEG", quality=90)
+            cache_view(sample.path, pp, pad).save(target, "JPEG", quality=90)
             n += 1
     shutil.copy(data / "metadata.csv", out / "metadata.csv")
     return n

@@ -5,6 +5,7 @@ from .data import (
     CatalogImages,
     IdentitySampler,
     Sample,
+    cache_view,
     read_catalog_csv,
     split_by_group_hash,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "cache_view",
     "calibrate_identifier",
     "class_distillation_loss",
     "embed_catalog",

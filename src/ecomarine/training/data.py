@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import defaultdict
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 from .._text import read_csv
@@ -25,6 +27,7 @@ __all__ = [
     "CatalogImages",
     "IdentitySampler",
     "Sample",
+    "cache_view",
     "read_catalog_csv",
     "split_by_group_hash",
 ]
@@ -192,6 +195,23 @@ class AugmentConfig:
         return self.rotate > 0 or self.zoom > 0
 
 
+def cache_view(path: Path, pp: PreprocessConfig, pad: float) -> Image.Image:
+    """One photo as the training cache holds it: resized to the input size plus ``pad``.
+
+    Random crops of the input size from this view shift the animal by up to ``pad``.
+
+    Raises:
+        InvalidImageError: The file cannot be read as an image.
+    """
+    from ..transforms import resize  # noqa: PLC0415
+
+    padded = dataclasses.replace(
+        pp, input_size=(round(pp.height * (1 + pad)), round(pp.width * (1 + pad)))
+    )
+    img = load_image(path, target_size=(padded.width, padded.height))
+    return resize(img, padded)
+
+
 class CatalogImages:
     """Decoded, resized training images held in memory as uint8 arrays.
 
@@ -211,22 +231,12 @@ class CatalogImages:
         self.pp = pp
         self.augment = augment or AugmentConfig()
         pad = self.augment.pad
-        self.padded = (round(pp.width * (1 + pad)), round(pp.height * (1 + pad)))
-        padded_pp = PreprocessConfig(
-            input_size=(self.padded[1], self.padded[0]),
-            mean=pp.mean,
-            std=pp.std,
-            interpolation=pp.interpolation,
-            resize=pp.resize,
-        )
-        from ..transforms import resize  # noqa: PLC0415
 
         def decode(s: Sample) -> np.ndarray[Any, np.dtype[np.uint8]]:
             try:
-                img = load_image(s.path, target_size=self.padded)
+                return np.asarray(cache_view(s.path, pp, pad), dtype=np.uint8)
             except InvalidImageError as exc:
                 raise DataError(f"training image unreadable: {exc}") from exc
-            return np.asarray(resize(img, padded_pp), dtype=np.uint8)
 
         self.arrays = list(thread_map(decode, self.samples, workers))
         self._mean = np.asarray(pp.mean, np.float32).reshape(3, 1, 1)

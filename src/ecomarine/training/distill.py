@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from ..config import PreprocessConfig
 from ..errors import ConfigError
 from ..identifier import Identifier
 
@@ -94,8 +95,8 @@ class Teacher:
     Args:
         model: The teacher (a single network or an ensemble).
         labels: The student's individuals, in the order of its classes.
-        input_size: The student's ``(height, width)``: batches are resized to the
-            teacher's own input size when the two differ.
+        student: The student's preprocessing: batches are resized to the teacher's own
+            input size when the two differ; the normalisation must be the same.
         need_classes: Whether class targets are needed (then every student individual
             must be one of the teacher's classes).
 
@@ -108,21 +109,19 @@ class Teacher:
         self,
         model: Identifier,
         labels: Sequence[str],
-        input_size: tuple[int, int],
+        student: PreprocessConfig,
         *,
         need_classes: bool,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
     ) -> None:
         pp = model.config.preprocess
-        if tuple(pp.mean) != tuple(mean) or tuple(pp.std) != tuple(std):
+        if tuple(pp.mean) != tuple(student.mean) or tuple(pp.std) != tuple(student.std):
             raise ConfigError(
                 "the teacher normalises its input differently from the student "
-                f"(mean/std {pp.mean}/{pp.std} vs {mean}/{std})"
+                f"(mean/std {pp.mean}/{pp.std} vs {student.mean}/{student.std})"
             )
         self.model = model.eval().requires_grad_(False)
         self.size = tuple(pp.input_size)
-        self.resize = self.size != tuple(input_size)
+        self.resize = self.size != tuple(student.input_size)
         self.class_index: Tensor | None = None
         if need_classes:
             if model.head is None:

@@ -396,14 +396,7 @@ def _teacher(
 ) -> Teacher | None:
     if not cfg.teacher:
         return None
-    teacher = Teacher(
-        load_teacher(cfg.teacher),
-        labels,
-        pp.input_size,
-        need_classes=cfg.distill_weight > 0,
-        mean=pp.mean,
-        std=pp.std,
-    )
+    teacher = Teacher(load_teacher(cfg.teacher), labels, pp, need_classes=cfg.distill_weight > 0)
     return teacher.to(device)
 
 
