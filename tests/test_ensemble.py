@@ -10,7 +10,8 @@ import torch
 
 from ecomarine import ConfigError, Gallery, Identifier
 from ecomarine.config import HeadConfig, IdentifierConfig
-from ecomarine.ensemble import ensemble_identifiers
+from ecomarine.ensemble import ensemble_identifiers, ensemble_members
+from ecomarine.transforms import load_batch
 
 from .test_identifier import tiny_config, tiny_identifier
 
@@ -123,8 +124,49 @@ def test_ensemble_refuses_what_cannot_be_combined() -> None:
     with pytest.raises(ConfigError, match="'embedding_size'"):
         ensemble_identifiers([members[0], tiny_identifier(embedding_size=8)], name="x")
     duo = ensemble_identifiers(members, name="duo")
-    with pytest.raises(ConfigError, match="already an ensemble"):
-        ensemble_identifiers([duo, members[0]], name="x")
+    with pytest.raises(ConfigError, match="at least two"):
+        ensemble_identifiers([Identifier(tiny_config(), ["w1"])], name="x")
+    with pytest.raises(ConfigError, match="'embedding_size'"):
+        ensemble_identifiers([duo, tiny_identifier(embedding_size=8)], name="x")
+
+
+def test_ensemble_members_split_and_flatten(photos: list[Path], tmp_path: Path) -> None:
+    members = _members(3)
+    duo = ensemble_identifiers(members[:2], name="duo")
+    # Split: each member computes exactly what it computed before joining.
+    parts = ensemble_members(duo)
+    assert [p.config.members for p in parts] == [1, 1]
+    for part, original in zip(parts, members[:2], strict=True):
+        for kind in ("embedding", "features"):
+            np.testing.assert_allclose(
+                part.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+                original.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+                atol=1e-6,
+            )
+        np.testing.assert_allclose(
+            part.classify(photos, top_k=3)[0][0].score,
+            original.classify(photos, top_k=3)[0][0].score,
+            atol=1e-5,
+        )
+    assert ensemble_members(members[2]) == [members[2]]
+    # Flatten: an ensemble of two plus a third network is the ensemble of the three.
+    trio = ensemble_identifiers(
+        [Identifier.from_pretrained(duo.save_pretrained(tmp_path / "duo")), members[2]],
+        name="trio",
+    )
+    assert trio.config.members == 3
+    want = ensemble_identifiers(members, name="trio")
+    for kind in ("embedding", "features"):
+        np.testing.assert_allclose(
+            trio.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+            want.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+            atol=1e-5,
+        )
+    np.testing.assert_allclose(
+        trio.classify(photos, top_k=3)[0][0].score,
+        want.classify(photos, top_k=3)[0][0].score,
+        atol=1e-5,
+    )
 
 
 def test_ensemble_without_a_shared_head(photos: list[Path]) -> None:
@@ -212,3 +254,28 @@ def test_cli_ensemble_errors_are_one_line(
         assert err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("n_members", [1, 3])
+def test_embed_kinds_is_one_pass_of_both_forward_paths(photos: list[Path], n_members: int) -> None:
+    members = _members(n_members)
+    ident = members[0] if n_members == 1 else ensemble_identifiers(members, name="trio")
+    got = ident.embed_kinds(photos, batch_size=2, num_workers=1)
+    # Reference: the two separate forward paths (neck over pooled features, pooled alone).
+    batch = load_batch(photos, ident.config.preprocess, 1)
+    with torch.no_grad():
+        want_emb = torch.nn.functional.normalize(ident(batch), dim=1).numpy()
+        want_feat = torch.nn.functional.normalize(ident.pooled(batch), dim=1).numpy()
+    np.testing.assert_allclose(got["embedding"], want_emb, atol=1e-5)
+    np.testing.assert_allclose(got["features"], want_feat, atol=1e-5)
+    for kind in ("embedding", "features"):
+        np.testing.assert_allclose(got[kind], ident.embed(photos, kind=kind), atol=1e-6)  # type: ignore[arg-type]
+    only = ident.embed_kinds(photos[:1], kinds=("features",))
+    assert list(only) == ["features"]
+    empty = ident.embed_kinds([])
+    assert empty["embedding"].shape == (0, ident.embedding_size)
+    assert empty["features"].shape == (0, ident.num_features)
+    with pytest.raises(ConfigError, match="kinds must be"):
+        ident.embed_kinds(photos[:1], kinds=("neck",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="kinds must be"):
+        ident.embed_kinds(photos[:1], kinds=())

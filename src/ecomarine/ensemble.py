@@ -26,16 +26,24 @@ from .model_card import calibration_section, identifier_card
 if TYPE_CHECKING:
     from .training.data import Sample
 
-__all__ = ["build_ensemble", "ensemble_card", "ensemble_identifiers", "round_weights"]
+__all__ = [
+    "build_ensemble",
+    "ensemble_card",
+    "ensemble_identifiers",
+    "ensemble_members",
+    "round_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 # Config fields that every member must share (the rest is per-model metadata).
 _SHARED = ("backbone", "pooling", "neck", "embedding_size", "preprocess", "backbone_num_classes")
+# A network's own modules (the head, when there is one, is combined separately).
+_PARTS = ("backbone", "pool", "neck")
 
 
 def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifier:
-    """Combine single-network identifiers of one architecture into an ensemble.
+    """Combine identifiers of one architecture into an ensemble.
 
     The ensemble's embedding is the concatenation of the members' unit-norm embeddings
     divided by ``sqrt(len(models))``: unit norm, and its cosine similarity is the mean
@@ -50,20 +58,23 @@ def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifi
     scale, so calibrate it on held-out data (for example with
     :func:`ecomarine.training.calibrate_identifier`).
 
+    An ensemble among ``models`` contributes its networks one by one
+    (:func:`ensemble_members`), so that every network weighs the same: an ensemble of
+    two combined with a third model is an ensemble of three.
+
     Args:
-        models: Two or more single-network identifiers (not ensembles themselves).
+        models: Identifiers (single networks or ensembles), two networks in all at least.
         name: The ensemble's model name.
 
     Raises:
-        ConfigError: Fewer than two models, an ensemble among them, or members whose
-            architecture or preprocessing differ (the message names the field).
+        ConfigError: Fewer than two networks, or members whose architecture or
+            preprocessing differ (the message names the field).
     """
+    models = [member for model in models for member in ensemble_members(model)]
     if len(models) < 2:
         raise ConfigError("an ensemble needs at least two identifiers")
     first = models[0].config
     for i, model in enumerate(models):
-        if model.config.members != 1:
-            raise ConfigError(f"identifier {i} is already an ensemble; combine single networks")
         for key in _SHARED:
             if getattr(model.config, key) != getattr(first, key):
                 raise ConfigError(
@@ -88,13 +99,51 @@ def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifi
         ["", *(f"extra_members.{i}." for i in range(len(models) - 1))], models, strict=True
     ):
         for key, tensor in member.state_dict().items():
-            if key.split(".", 1)[0] in ("backbone", "pool", "neck"):
+            if key.split(".", 1)[0] in _PARTS:
                 state[prefix + key] = tensor.detach().cpu()
     if ensemble.head is not None:
         weights = [F.normalize(_head_weight(m), dim=1) for m in models]
         state["head.weight"] = torch.cat(weights, dim=1)
     ensemble.load_state_dict(state, strict=True)
     return ensemble.eval()
+
+
+def ensemble_members(model: Identifier) -> list[Identifier]:
+    """The single networks of an ensemble (a single network: itself, alone).
+
+    Each member keeps its backbone, pooling and neck weights exactly; a combined ArcFace
+    head gives each member its own slice of the class weights (the normalised weights
+    it was built from). Thresholds are not carried over (calibrate a member before
+    using it alone), and names get a ``-memberN`` suffix.
+    """
+    n = model.config.members
+    if n == 1:
+        return [model]
+    config = model.config.replace(
+        members=1,
+        new_individual_threshold=None,
+        feature_new_individual_threshold=None,
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    width = model.embedding_size // n
+    out = []
+    for i in range(n):
+        prefix = "" if i == 0 else f"extra_members.{i - 1}."
+        own = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0] in _PARTS
+        }
+        if model.head is not None:
+            own["head.weight"] = _head_weight(model)[:, i * width : (i + 1) * width].clone()
+        member = Identifier(
+            config.replace(name=f"{config.name}-member{i}"),
+            model.labels if model.head is not None else [],
+            model.species_by_id if model.head is not None else None,
+        )
+        member.load_state_dict(own, strict=True)
+        out.append(member.eval())
+    return out
 
 
 def _heads_combine(models: Sequence[Identifier]) -> bool:
@@ -175,7 +224,7 @@ def ensemble_card(
     lines = [
         "## Ensemble",
         "",
-        f"{len(members)} networks of one architecture, trained separately; the embedding",
+        f"{model.config.members} networks of one architecture, trained separately; the embedding",
         "concatenates their unit-norm embeddings, so its cosine similarity is the mean of",
         "the members' similarities.",
         "",
@@ -183,7 +232,7 @@ def ensemble_card(
         command,
         "```",
         "",
-        "Members and their training commands:",
+        "Models combined and their training commands:",
         "",
         *(f"- `{m}`: `{_training_command(Path(m))}`" for m in members),
         *calibration_section(calibration),

@@ -180,10 +180,26 @@ class Identifier(nn.Module):
 
     def embed_tensor(self, batch: Tensor, kind: EmbeddingKind = "embedding") -> Tensor:
         """Unit-norm embeddings of a preprocessed batch (runs in inference mode)."""
+        return self.embed_tensor_kinds(batch, (kind,))[kind]
+
+    def embed_tensor_kinds(
+        self, batch: Tensor, kinds: Sequence[EmbeddingKind] = ("embedding", "features")
+    ) -> dict[EmbeddingKind, Tensor]:
+        """Unit-norm vectors of several kinds from one backbone pass over a batch.
+
+        The features are what the neck reads, so asking for both costs one pass, not two.
+        """
+        wanted = _check_kinds(kinds)
         with torch.inference_mode():
             x = conv_layout(batch, self.device)
-            out = self.pooled(x) if kind == "features" else self(x)
-            return F.normalize(out.float(), dim=1)
+            pooled = [pool(bb.forward_features(x)) for bb, pool, _ in self._members()]
+            out: dict[EmbeddingKind, Tensor] = {}
+            if "features" in wanted:
+                out["features"] = _concat_unit(pooled)
+            if "embedding" in wanted:
+                necks = [m[2] for m in self._members()]
+                out["embedding"] = _concat_unit([n(p) for n, p in zip(necks, pooled, strict=True)])
+            return out
 
     def embed(
         self,
@@ -208,23 +224,46 @@ class Identifier(nn.Module):
         Raises:
             InvalidImageError: If an image cannot be read.
         """
+        return self.embed_kinds(
+            images, kinds=(kind,), batch_size=batch_size, num_workers=num_workers
+        )[kind]
+
+    def embed_kinds(
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        *,
+        kinds: Sequence[EmbeddingKind] = ("embedding", "features"),
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ) -> dict[EmbeddingKind, np.ndarray[Any, np.dtype[np.float32]]]:
+        """Embed photos as several kinds of unit-norm rows, decoding and running once.
+
+        Same arguments as :meth:`embed`, with ``kinds`` instead of ``kind``.
+
+        Returns:
+            One ``(N, D)`` float32 array per requested kind.
+
+        Raises:
+            ConfigError: For an unknown kind or a batch size below one.
+            InvalidImageError: If an image cannot be read.
+        """
         sources = _as_list(images)
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
-        if kind not in ("embedding", "features"):
-            raise ConfigError(f"kind must be 'embedding' or 'features', got {kind!r}")
+        wanted = _check_kinds(kinds)
         workers = default_workers() if num_workers is None else max(1, num_workers)
-        dim = self.num_features if kind == "features" else self.embedding_size
+        dims = {"features": self.num_features, "embedding": self.embedding_size}
         if not sources:
-            return np.zeros((0, dim), np.float32)
+            return {k: np.zeros((0, dims[k]), np.float32) for k in wanted}
         self.eval()
-        chunks = []
+        chunks: dict[EmbeddingKind, list[np.ndarray[Any, Any]]] = {k: [] for k in wanted}
         for start in range(0, len(sources), batch_size):
             batch = load_batch(
                 sources[start : start + batch_size], self.config.preprocess, workers, self.device
             )
-            chunks.append(self.embed_tensor(batch, kind).cpu().numpy())
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+            for k, vectors in self.embed_tensor_kinds(batch, wanted).items():
+                chunks[k].append(vectors.cpu().numpy())
+        return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in chunks.items()}
 
     def classify(
         self,
@@ -475,7 +514,17 @@ class _Member(nn.Module):
         self.backbone, self.pool, self.neck, _, _ = _build_member(config)
 
 
+def _check_kinds(kinds: Sequence[EmbeddingKind]) -> tuple[EmbeddingKind, ...]:
+    wanted = tuple(dict.fromkeys(kinds))
+    bad = [k for k in wanted if k not in ("embedding", "features")]
+    if bad or not wanted:
+        raise ConfigError(f"kinds must be 'embedding' and/or 'features', got {list(kinds)!r}")
+    return wanted
+
+
 def _concat_unit(parts: list[Tensor]) -> Tensor:
+    if len(parts) == 1:
+        return F.normalize(parts[0].float(), dim=1)
     # Each part unit-norm, the whole scaled by 1/sqrt(M): the result has unit norm and its
     # dot products are the mean of the members' cosine similarities.
     scale = 1.0 / float(len(parts)) ** 0.5

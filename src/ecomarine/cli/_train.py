@@ -309,7 +309,10 @@ def ensemble(
     new_fraction: float | None,
     half: bool,
 ) -> None:
-    """Combine trained identifiers (MEMBERS: folders or Hub ids) into one ensemble."""
+    """Combine trained identifiers (MEMBERS: folders or Hub ids) into one ensemble.
+
+    An ensemble among MEMBERS joins network by network, so every network weighs the same.
+    """
     import torch  # noqa: PLC0415
 
     from ..ensemble import build_ensemble, ensemble_card  # noqa: PLC0415

@@ -449,13 +449,13 @@ def calibrate_identifier(
 
     out: dict[str, Any] = {"n_queries": len(calib)}
     kinds: tuple[EmbeddingKind, ...] = ("embedding", "features")
+    # One decode and backbone pass per photo gives both kinds.
+    gallery, queries = (
+        model.embed_kinds([s.path for s in part], kinds=kinds, batch_size=64, num_workers=workers)
+        for part in (samples, calib)
+    )
     for kind in kinds:
-
-        def embed(part: Sequence[Sample], kind: EmbeddingKind = kind) -> np.ndarray[Any, Any]:
-            paths = [s.path for s in part]
-            return model.embed(paths, kind=kind, batch_size=64, num_workers=workers)
-
-        metrics, cands, truths = _search_metrics(embed(samples), samples, embed(calib), calib)
+        metrics, cands, truths = _search_metrics(gallery[kind], samples, queries[kind], calib)
         chosen = choose_new_individual_threshold(cands, truths, new_fraction=new_fraction)
         out[kind] = {**chosen.to_dict(), **metrics}
         logger.info("calibration (%s): %s", kind, out[kind])
