@@ -130,6 +130,19 @@ def test_ensemble_refuses_what_cannot_be_combined() -> None:
         ensemble_identifiers([duo, tiny_identifier(embedding_size=8)], name="x")
 
 
+def _assert_same_model(got: Identifier, want: Identifier, photos: list[Path]) -> None:
+    """Same vectors of both kinds and the same head probabilities on real photos."""
+    for kind in ("embedding", "features"):
+        np.testing.assert_allclose(
+            got.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+            want.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
+            atol=1e-5,
+        )
+    for g, w in zip(got.classify(photos, top_k=3), want.classify(photos, top_k=3), strict=True):
+        assert [m.individual_id for m in g] == [m.individual_id for m in w]
+        np.testing.assert_allclose([m.score for m in g], [m.score for m in w], atol=1e-5)
+
+
 def test_ensemble_members_split_and_flatten(photos: list[Path], tmp_path: Path) -> None:
     members = _members(3)
     duo = ensemble_identifiers(members[:2], name="duo")
@@ -137,36 +150,13 @@ def test_ensemble_members_split_and_flatten(photos: list[Path], tmp_path: Path) 
     parts = ensemble_members(duo)
     assert [p.config.members for p in parts] == [1, 1]
     for part, original in zip(parts, members[:2], strict=True):
-        for kind in ("embedding", "features"):
-            np.testing.assert_allclose(
-                part.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
-                original.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
-                atol=1e-6,
-            )
-        np.testing.assert_allclose(
-            part.classify(photos, top_k=3)[0][0].score,
-            original.classify(photos, top_k=3)[0][0].score,
-            atol=1e-5,
-        )
+        _assert_same_model(part, original, photos)
     assert ensemble_members(members[2]) == [members[2]]
     # Flatten: an ensemble of two plus a third network is the ensemble of the three.
-    trio = ensemble_identifiers(
-        [Identifier.from_pretrained(duo.save_pretrained(tmp_path / "duo")), members[2]],
-        name="trio",
-    )
+    saved = Identifier.from_pretrained(duo.save_pretrained(tmp_path / "duo"))
+    trio = ensemble_identifiers([saved, members[2]], name="trio")
     assert trio.config.members == 3
-    want = ensemble_identifiers(members, name="trio")
-    for kind in ("embedding", "features"):
-        np.testing.assert_allclose(
-            trio.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
-            want.embed(photos, kind=kind, num_workers=1),  # type: ignore[arg-type]
-            atol=1e-5,
-        )
-    np.testing.assert_allclose(
-        trio.classify(photos, top_k=3)[0][0].score,
-        want.classify(photos, top_k=3)[0][0].score,
-        atol=1e-5,
-    )
+    _assert_same_model(trio, ensemble_identifiers(members, name="trio"), photos)
 
 
 def test_ensemble_without_a_shared_head(photos: list[Path]) -> None:
