@@ -50,7 +50,7 @@ from ecomarine.metrics import (
     roc_auc,
 )
 from ecomarine.training import read_catalog_csv
-from ecomarine.transforms import load_batch
+from ecomarine.transforms import default_workers, load_batch
 from ecomarine.types import Match
 
 Arr = np.ndarray[Any, Any]
@@ -74,7 +74,7 @@ def embed_all(ident: Identifier, paths: Sequence[Path], tta: bool) -> dict[str, 
     offsets = {"c": (dy // 2, dx // 2), "tl": (0, 0), "tr": (0, dx), "bl": (dy, 0), "br": (dy, dx)}
     crops: dict[str, list[Arr]] = {k: [] for k in offsets}
     for start in range(0, len(paths), 64):
-        batch = load_batch(paths[start : start + 64], big, 2, ident.device)
+        batch = load_batch(paths[start : start + 64], big, default_workers(), ident.device)
         for name, (oy, ox) in offsets.items():
             view = batch[:, :, oy : oy + h, ox : ox + w].contiguous()
             crops[name].append(ident.embed_tensor(view).cpu().numpy())

@@ -126,6 +126,7 @@ def ensemble_members(model: Identifier) -> list[Identifier]:
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     width = model.embedding_size // n
+    head = _head_weight(model) if model.head is not None else None
     out = []
     for i in range(n):
         prefix = "" if i == 0 else f"extra_members.{i - 1}."
@@ -134,12 +135,12 @@ def ensemble_members(model: Identifier) -> list[Identifier]:
             for k, v in state.items()
             if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0] in _PARTS
         }
-        if model.head is not None:
-            own["head.weight"] = _head_weight(model)[:, i * width : (i + 1) * width].clone()
+        if head is not None:
+            own["head.weight"] = head[:, i * width : (i + 1) * width].clone()
         member = Identifier(
             config.replace(name=f"{config.name}-member{i}"),
-            model.labels if model.head is not None else [],
-            model.species_by_id if model.head is not None else None,
+            model.labels if head is not None else [],
+            model.species_by_id if head is not None else None,
         )
         member.load_state_dict(own, strict=True)
         out.append(member.eval())

@@ -142,15 +142,21 @@ class Identifier(nn.Module):
         extra = [(m.backbone, m.pool, m.neck) for m in members]
         return [(self.backbone, self.pool, self.neck), *extra]
 
+    def _member_features(self, x: Tensor) -> list[Tensor]:
+        # One backbone pass per network; the raw pooled features each neck reads.
+        return [pool(bb.forward_features(x)) for bb, pool, _ in self._members()]
+
+    def _member_embeddings(self, features: list[Tensor]) -> list[Tensor]:
+        return [neck(f) for (_, _, neck), f in zip(self._members(), features, strict=True)]
+
     def pooled(self, x: Tensor) -> Tensor:
         """General pooled features ``(B, num_features)``.
 
         Not normalised for a single network; an ensemble concatenates its members'
         unit-norm features, scaled so that the result has unit norm.
         """
-        if not self.extra_members:
-            return self.pool(self.forward_features(x))  # type: ignore[no-any-return]
-        return _concat_unit([pool(bb.forward_features(x)) for bb, pool, _ in self._members()])
+        features = self._member_features(x)
+        return features[0] if not self.extra_members else _concat_unit(features)
 
     def forward(self, x: Tensor) -> Tensor:
         """Trained embedding ``(B, embedding_size)`` (not normalised; training uses this).
@@ -158,11 +164,8 @@ class Identifier(nn.Module):
         An ensemble concatenates its members' unit-norm embeddings (unit norm overall), so
         cosine similarity is the mean of the members' cosine similarities.
         """
-        if not self.extra_members:
-            return self.neck(self.pooled(x))  # type: ignore[no-any-return]
-        return _concat_unit(
-            [neck(pool(bb.forward_features(x))) for bb, pool, neck in self._members()]
-        )
+        embeddings = self._member_embeddings(self._member_features(x))
+        return embeddings[0] if not self.extra_members else _concat_unit(embeddings)
 
     def imagenet_logits(self, x: Tensor) -> Tensor:
         """Logits of the backbone's own classifier (needs ``backbone_num_classes > 0``)."""
@@ -192,13 +195,12 @@ class Identifier(nn.Module):
         wanted = _check_kinds(kinds)
         with torch.inference_mode():
             x = conv_layout(batch, self.device)
-            pooled = [pool(bb.forward_features(x)) for bb, pool, _ in self._members()]
+            features = self._member_features(x)
             out: dict[EmbeddingKind, Tensor] = {}
             if "features" in wanted:
-                out["features"] = _concat_unit(pooled)
+                out["features"] = _concat_unit(features)
             if "embedding" in wanted:
-                necks = [m[2] for m in self._members()]
-                out["embedding"] = _concat_unit([n(p) for n, p in zip(necks, pooled, strict=True)])
+                out["embedding"] = _concat_unit(self._member_embeddings(features))
             return out
 
     def embed(
