@@ -19,11 +19,8 @@ with (belugas / "gallery.csv").open() as fh:
 
 # Embed the photos and add them with their ids, species and per-photo metadata.
 emb = ident.embed([belugas / r["image"] for r in rows])
-gallery = Gallery(
-    fingerprint=ident.fingerprint(),
-    new_individual_threshold=ident.new_individual_threshold,
-    model_name=ident.config.name,
-)
+# No threshold here: a gallery follows its model's unless it is calibrated itself (below).
+gallery = Gallery(fingerprint=ident.fingerprint(), model_name=ident.config.name)
 gallery.add(
     emb,
     [r["individual_id"] for r in rows],

@@ -190,9 +190,7 @@ def test_cli_calibrate_in_place_and_to_a_copy(
         ident, read_catalog_csv(train_csv, belugas), read_catalog_csv(calib_csv, belugas)
     )
     assert copy.new_individual_threshold == pytest.approx(expected["embedding"]["threshold"])
-    assert copy.config.feature_new_individual_threshold == pytest.approx(
-        expected["features"]["threshold"]
-    )
+    assert copy.threshold_for("features") == pytest.approx(expected["features"]["threshold"])
     record = json.loads((tmp_path / "copy" / "calibration.json").read_text())
     assert record["command"].startswith("ecomarine calibrate ")
     assert record["n_queries"] == 18

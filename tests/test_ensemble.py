@@ -75,12 +75,12 @@ def test_ensemble_head_averages_member_cosines(photos: list[Path]) -> None:
 
 def test_ensemble_round_trip_and_half_precision(photos: list[Path], tmp_path: Path) -> None:
     ens = ensemble_identifiers(_members(2), name="duo")
-    ens.config = ens.config.replace(new_individual_threshold=0.3)
+    ens.config = ens.config.with_thresholds({"embedding": 0.3})
     want = ens.embed(photos, num_workers=1)
     ens.save_pretrained(tmp_path / "fp32")
     loaded = Identifier.from_pretrained(tmp_path / "fp32", device="cpu")
     assert loaded.config.members == 2
-    assert loaded.config.new_individual_threshold == 0.3
+    assert loaded.new_individual_threshold == 0.3
     np.testing.assert_allclose(loaded.embed(photos, num_workers=1), want, atol=1e-6)
     assert loaded.fingerprint() == ens.fingerprint()
 
@@ -204,7 +204,7 @@ def test_cli_ensemble_calibrates_and_loads(
     assert ens.config.members == 2
     assert ens.config.name == "duo"
     assert ens.new_individual_threshold is not None
-    assert ens.config.feature_new_individual_threshold is not None
+    assert ens.threshold_for("features") is not None
     card = (tmp_path / "ens" / "README.md").read_text()
     assert "ecomarine ensemble" in card
     assert "Open-set calibration" in card

@@ -105,7 +105,7 @@ def test_clip_gate_scores_saves_and_reloads_without_text_pass(
     sample: dict[str, list[Path]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ecomarine._gate_clip import clip_gate
+    from ecomarine.gate import clip_gate
 
     torch.manual_seed(0)
     gate = clip_gate(tiny_clip_name, pretrained=None, threshold=0.3)
@@ -131,7 +131,7 @@ def test_clip_gate_scores_saves_and_reloads_without_text_pass(
 
 
 def test_clip_prompts_are_configurable(tiny_clip_name: str) -> None:
-    from ecomarine._gate_clip import clip_gate
+    from ecomarine.gate import clip_gate
 
     g = clip_gate(
         tiny_clip_name, pretrained=None, positive=["a whale"], negative=["a rock", "a car"]

@@ -24,7 +24,7 @@ def tiny_config(**changes: Any) -> IdentifierConfig:
         embedding_size=16,
         head=HeadConfig(type="arcface", s=30.0, m=0.5),
         preprocess=PreprocessConfig(input_size=(48, 64)),
-        new_individual_threshold=0.42,
+        new_individual_thresholds={"embedding": 0.42},
         name="tiny",
     )
     return base.replace(**changes)
@@ -63,9 +63,9 @@ def test_embedded_backbone_recognises_whales(gate_dir: Path) -> None:
 
     Measured here: 83 of the 100 photos (0.83); the bound leaves room for BLAS differences.
     """
-    from ecomarine.embedded import imagenet_identifier
-
-    ident = imagenet_identifier()  # the ImageNet backbone the embedded models start from
+    ident = Identifier.from_pretrained(
+        "embedded-imagenet"
+    )  # the ImageNet backbone the embedded models start from
     files = sorted((gate_dir / "positives" / "happywhale").glob("*.jpg"))
     assert len(files) == 100
     hits = 0
@@ -173,7 +173,7 @@ def test_strict_loading_names_keys(tmp_path: Path) -> None:
         ({"pooling": "max"}, "pooling"),
         ({"embedding_size": "big"}, "embedding_size"),
         ({"surprise": 1}, "unknown key"),
-        ({"new_individual_threshold": 3.0}, "cosine"),
+        ({"new_individual_thresholds": {"embedding": 3.0}}, "cosine"),
     ],
 )
 def test_bad_config_is_refused(tmp_path: Path, edit: dict[str, Any], message: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import ecomarine.pipeline as pipeline_module
-from ecomarine import Gallery, GalleryError, Pipeline, Prediction, _memory
+from ecomarine import Gallery, GalleryError, Identifier, Pipeline, Prediction, _memory
 
 
 def _bomb_png() -> bytes:
@@ -108,10 +108,10 @@ def test_gallery_from_another_model_is_refused(tmp_path: Path, embedded_pipeline
 
 
 def test_no_gallery_no_head_still_answers(embedded_pipeline: Pipeline, examples_dir: Path) -> None:
-    from ecomarine.embedded import imagenet_identifier
-
     photo = next((examples_dir / "belugas" / "queries").glob("*.jpg"))
-    pipe = Pipeline(imagenet_identifier(), embedded_pipeline.gate)  # no gallery, no head
+    pipe = Pipeline(
+        Identifier.from_pretrained("embedded-imagenet"), embedded_pipeline.gate
+    )  # no gallery, no head
     pred = pipe.predict(photo)
     assert isinstance(pred, Prediction)
     assert pred.is_cetacean

@@ -82,7 +82,7 @@ def test_training_smoke_loss_falls_and_output_loads(tmp_path: Path, examples_dir
     assert ident.config.backbone == "test_efficientnet"
     assert len(ident.labels) == 10
     assert ident.new_individual_threshold is not None
-    assert ident.config.feature_new_individual_threshold is not None
+    assert ident.threshold_for("features") is not None
     card = (tmp_path / "model" / "README.md").read_text()
     assert "pytest smoke" in card
     assert "Open-set calibration" in card

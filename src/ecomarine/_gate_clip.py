@@ -7,21 +7,19 @@ computed once and saved with the gate; a saved gate loads only the image tower.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from . import hub
+from ._gate_base import GateConfig
 from .config import PreprocessConfig
 from .errors import ConfigError, WeightsNotFoundError
 
-if TYPE_CHECKING:
-    from .gate import Gate
-
-__all__ = ["ClipBackend", "clip_gate"]
+__all__ = ["ClipBackend", "build_clip_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +114,10 @@ class ClipBackend(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: Any, tensors: dict[str, torch.Tensor], location: hub.HubLocation
+        cls,
+        config: GateConfig,
+        tensors: Mapping[str, torch.Tensor],
+        location: hub.HubLocation | None,
     ) -> ClipBackend:
         """Rebuild a saved CLIP gate without running the text encoder."""
         if config.clip_model is None:
@@ -124,7 +125,7 @@ class ClipBackend(nn.Module):
         for key in ("text_features", "logit_scale", "n_positive"):
             if key not in tensors:
                 raise ConfigError(f"gate.safetensors: missing tensor {key!r}")
-        cache = None if location.cache_dir is None else str(location.cache_dir)
+        cache = None if location is None or location.cache_dir is None else str(location.cache_dir)
         model = _create_model(config.clip_model, config.clip_pretrained, cache)
         visual = {k[len("visual.") :]: v for k, v in tensors.items() if k.startswith("visual.")}
         if visual:
@@ -159,25 +160,17 @@ def _preprocess_of(model: Any) -> PreprocessConfig:
     )
 
 
-def clip_gate(
-    model_name: str = "ViT-B-32",
-    pretrained: str | None = "laion2b_s34b_b79k",
+def build_clip_backend(
+    model_name: str,
+    pretrained: str | None,
+    positive: Sequence[str],
+    negative: Sequence[str],
     *,
-    positive: Sequence[str] | None = None,
-    negative: Sequence[str] | None = None,
     threshold: float = 0.5,
     cache_dir: str | None = None,
-) -> Gate:
-    """Build a CLIP :class:`~ecomarine.gate.Gate` (downloads the model lazily via open_clip)."""
-    from .gate import (  # noqa: PLC0415
-        DEFAULT_NEGATIVE_PROMPTS,
-        DEFAULT_POSITIVE_PROMPTS,
-        Gate,
-        GateConfig,
-    )
-
-    pos = tuple(DEFAULT_POSITIVE_PROMPTS if positive is None else positive)
-    neg = tuple(DEFAULT_NEGATIVE_PROMPTS if negative is None else negative)
+) -> tuple[ClipBackend, GateConfig]:
+    """A CLIP backend and its gate config (downloads the model lazily via open_clip)."""
+    pos, neg = tuple(positive), tuple(negative)
     if not pos or not neg:
         raise ConfigError("the CLIP gate needs at least one positive and one negative prompt")
     backend, pp = ClipBackend.build(model_name, pretrained, pos, neg, cache_dir=cache_dir)
@@ -190,4 +183,4 @@ def clip_gate(
         positive_prompts=pos,
         negative_prompts=neg,
     )
-    return Gate(backend, config)
+    return backend, config

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from ._device import conv_layout
-from .config import PreprocessConfig
+from .embedded import imagenet_parts
 from .errors import ConfigError
+from .identifier import build_identifier
 
-__all__ = ["GREY_WHALE", "KILLER_WHALE", "EmbeddedBackend", "imagenet_class_gate"]
+__all__ = ["GREY_WHALE", "KILLER_WHALE", "EmbeddedBackend", "fit_logistic_head"]
 
 GREY_WHALE = 147
 KILLER_WHALE = 148
@@ -29,9 +32,7 @@ class EmbeddedBackend(nn.Module):
 
     def __init__(self, weight: torch.Tensor | None = None, bias: float = 0.0) -> None:
         super().__init__()
-        from .embedded import imagenet_identifier  # noqa: PLC0415
-
-        self.model = imagenet_identifier()
+        self.model = build_identifier(imagenet_parts())
         self.head: nn.Linear | None = None
         if weight is not None:
             if weight.shape != (1000,):
@@ -43,7 +44,7 @@ class EmbeddedBackend(nn.Module):
         self.eval()
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], where: str) -> EmbeddedBackend:
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], where: str) -> EmbeddedBackend:
         """Rebuild from :meth:`tensors` output."""
         if not tensors:
             return cls()
@@ -79,19 +80,6 @@ class EmbeddedBackend(nn.Module):
             "head.weight": self.head.weight.detach().flatten(),
             "head.bias": self.head.bias.detach(),
         }
-
-
-def imagenet_class_gate() -> Gate:
-    """The unfitted embedded gate: grey-whale + killer-whale class mass."""
-    from .gate import Gate, GateConfig  # noqa: PLC0415
-
-    return Gate(
-        EmbeddedBackend(),
-        GateConfig(backend="embedded", threshold=0.05, preprocess=PreprocessConfig()),
-    )
-
-
-from .gate import Gate  # noqa: E402 - type used above; gate imports this module lazily
 
 
 def fit_logistic_head(

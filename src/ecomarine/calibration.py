@@ -1,24 +1,42 @@
-"""Threshold sweeps: the gate's accept threshold and the open-set new-individual threshold."""
+"""Threshold sweeps: the gate's accept threshold and the open-set new-individual threshold.
+
+Every open-set calibration goes through :func:`calibrate_open_set` (labelled vectors in,
+a threshold and its figures out): an identifier's shipped thresholds
+(:func:`calibrate_identifier`), a gallery's own override
+(:meth:`~ecomarine.gallery.Gallery.calibrate_new_individual`) and evaluation with
+calibration queries alike.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .catalog import Sample
 from .errors import DataError
-from .metrics import average_precision_at_k, insert_new_individual, roc_auc
-from .types import Match
+from .metrics import average_precision_at_k, insert_new_individual, known_top_k_accuracy, roc_auc
+from .search import rank_labelled
+from .types import EMBEDDING_KINDS, Match
+
+if TYPE_CHECKING:
+    from .identifier import Identifier
 
 __all__ = [
     "BinaryCalibration",
     "NewIndividualCalibration",
     "calibrate_binary",
+    "calibrate_identifier",
+    "calibrate_open_set",
     "choose_new_individual_threshold",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,8 @@ class NewIndividualCalibration:
         map5_always_new: MAP@5 when ``new_individual`` is always ranked first.
         roc_auc: How well the best-match score separates known from new queries.
         n_queries: Calibration queries. n_new: Those whose individual is absent.
+        top1: Top-1 accuracy over the known queries (``None`` when not measured).
+        top5: Top-5 accuracy over the known queries (``None`` when not measured).
     """
 
     threshold: float
@@ -131,6 +151,8 @@ class NewIndividualCalibration:
     roc_auc: float
     n_queries: int
     n_new: int
+    top1: float | None = None
+    top5: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -192,3 +214,104 @@ def choose_new_individual_threshold(
         n_queries=len(truths),
         n_new=int(is_new.sum()),
     )
+
+
+def calibrate_open_set(
+    gallery_vectors: np.ndarray[Any, Any],
+    gallery_ids: Sequence[str],
+    query_vectors: np.ndarray[Any, Any],
+    query_ids: Sequence[str],
+    *,
+    gallery_groups: Sequence[str] | None = None,
+    query_groups: Sequence[str] | None = None,
+    top_k: int = 5,
+    new_fraction: float | None = None,
+) -> NewIndividualCalibration:
+    """Choose the open-set threshold for labelled queries searched among labelled vectors.
+
+    Queries whose individual is absent from the gallery play new individuals. With groups
+    (e.g. encounters), a query never matches gallery images of its own group, so a
+    catalogue can be calibrated on itself (leave-group-out).
+
+    Args:
+        gallery_vectors: ``(N, D)`` unit-norm vectors of known photos.
+        gallery_ids: Individual id per gallery vector.
+        query_vectors: ``(Q, D)`` held-out query vectors.
+        query_ids: Individual id per query.
+        gallery_groups: Group per gallery vector (leave-group-out; with ``query_groups``).
+        query_groups: Group per query.
+        top_k: Ranks that count for MAP.
+        new_fraction: Expected share of new individuals (see
+            :func:`choose_new_individual_threshold`).
+
+    Returns:
+        The threshold with MAP@k, ROC-AUC and top-1/top-5 on the known queries.
+    """
+    cands, truths = rank_labelled(
+        gallery_vectors,
+        gallery_ids,
+        query_vectors,
+        query_ids,
+        top_k=top_k,
+        gallery_groups=gallery_groups,
+        query_groups=query_groups,
+    )
+    chosen = choose_new_individual_threshold(cands, truths, k=top_k, new_fraction=new_fraction)
+    return dataclasses.replace(
+        chosen,
+        top1=known_top_k_accuracy(cands, truths, 1),
+        top5=known_top_k_accuracy(cands, truths, 5),
+    )
+
+
+def calibrate_identifier(
+    model: Identifier,
+    samples: Sequence[Sample],
+    calib: Sequence[Sample],
+    *,
+    new_fraction: float | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Choose and set each kind's open-set threshold on held-out queries.
+
+    The held-out queries are searched among the training images. Both sets are embedded
+    through the inference path (``Identifier.embed`` on the files), not a training
+    cache: a threshold must be chosen on the similarities it will be compared with. The
+    chosen thresholds are written into ``model.config`` (its per-kind
+    ``new_individual_thresholds``).
+
+    Args:
+        model: The identifier (single network or ensemble); its config is updated.
+        samples: The gallery side: the images the model was trained on.
+        calib: Held-out queries (never trained on); individuals absent from ``samples``
+            count as new.
+        new_fraction: Share of new individuals expected among future queries (see
+            :func:`choose_new_individual_threshold`).
+        workers: Decode threads.
+
+    Returns:
+        ``{"n_queries": N, "embedding": {...}, "features": {...}}``; each kind holds the
+        chosen ``threshold``, its weighted ``map5``, ``roc_auc``, ``top1`` and ``top5``.
+    """
+    out: dict[str, Any] = {"n_queries": len(calib)}
+    # One decode and backbone pass per photo gives both kinds.
+    gallery, queries = (
+        model.embed_kinds(
+            [s.path for s in part], kinds=EMBEDDING_KINDS, batch_size=64, num_workers=workers
+        )
+        for part in (samples, calib)
+    )
+    thresholds = {}
+    for kind in EMBEDDING_KINDS:
+        chosen = calibrate_open_set(
+            gallery[kind],
+            [s.individual_id for s in samples],
+            queries[kind],
+            [s.individual_id for s in calib],
+            new_fraction=new_fraction,
+        )
+        out[kind] = chosen.to_dict()
+        thresholds[kind] = chosen.threshold
+        logger.info("calibration (%s): %s", kind, out[kind])
+    model.config = model.config.with_thresholds(thresholds)
+    return out

@@ -1,8 +1,9 @@
 """Typed configuration of an :class:`~ecomarine.identifier.Identifier`.
 
 The config travels with the weights (``config.json``): architecture, preprocessing,
-head, and the open-set thresholds. Unknown keys and wrong types are refused with
-:class:`~ecomarine.errors.ConfigError` naming the field.
+head, and the open-set thresholds (one per embedding kind; the model owns them, and
+galleries built with it follow them unless they store an explicit override). Unknown keys
+and wrong types are refused with :class:`~ecomarine.errors.ConfigError` naming the field.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .errors import ConfigError
+from .types import EMBEDDING_KINDS, EmbeddingKind, embedding_kind
 
 __all__ = [
     "FORMAT_VERSION",
@@ -27,8 +29,15 @@ __all__ = [
     "read_json",
 ]
 
-#: Version of the on-disk weight format written by ``save_pretrained``.
-FORMAT_VERSION: Final = 1
+#: Version of the on-disk weight format written by ``save_pretrained``. Version 2 holds the
+#: open-set thresholds in one per-kind mapping; version 1 files (two separate keys) load.
+FORMAT_VERSION: Final = 2
+_READABLE_VERSIONS: Final = (1, 2)
+# Version-1 threshold keys and the kind each one holds.
+_V1_THRESHOLD_KEYS: Final[dict[str, EmbeddingKind]] = {
+    "new_individual_threshold": "embedding",
+    "feature_new_individual_threshold": "features",
+}
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 
@@ -194,9 +203,9 @@ class IdentifierConfig:
         preprocess: Input size, normalisation and resize policy.
         backbone_num_classes: Classes of the backbone's own classifier (1000 keeps an
             ImageNet head, used by the embedded gate); 0 drops it.
-        new_individual_threshold: Open-set threshold on cosine similarity for the
-            trained embedding, calibrated on held-out data.
-        feature_new_individual_threshold: The same for the general pooled features.
+        new_individual_thresholds: Open-set threshold on cosine similarity per embedding
+            kind (``"embedding"``, ``"features"``), calibrated on held-out data; a kind
+            without one has no open-set decision.
         name: A short model name for cards and predictions.
         members: Number of member networks (an ensemble when > 1). Each member is a
             backbone -> pooling -> neck of this architecture; the identifier's vectors
@@ -211,8 +220,7 @@ class IdentifierConfig:
     head: HeadConfig | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     backbone_num_classes: int = 0
-    new_individual_threshold: float | None = None
-    feature_new_individual_threshold: float | None = None
+    new_individual_thresholds: Mapping[EmbeddingKind, float] = field(default_factory=dict)
     name: str = "custom"
     members: int = 1
 
@@ -230,10 +238,52 @@ class IdentifierConfig:
             raise _fail(where, "embedding_size must be positive")
         if self.backbone_num_classes < 0:
             raise _fail(where, "backbone_num_classes must be >= 0")
-        for key in ("new_individual_threshold", "feature_new_individual_threshold"):
-            value = getattr(self, key)
-            if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
-                raise _fail(where, f"{key} must be a cosine in [-1, 1], got {value!r}")
+        thresholds: dict[EmbeddingKind, float] = {}
+        for key, value in dict(self.new_individual_thresholds).items():
+            kind = embedding_kind(key, f"{where}: new_individual_thresholds key")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _fail(where, f"threshold for {kind!r} must be a number, got {value!r}")
+            if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+                raise _fail(
+                    where, f"threshold for {kind!r} must be a cosine in [-1, 1], got {value!r}"
+                )
+            thresholds[kind] = float(value)
+        # Canonical order and a private copy: the frozen config cannot change underfoot.
+        ordered = {k: thresholds[k] for k in EMBEDDING_KINDS if k in thresholds}
+        object.__setattr__(self, "new_individual_thresholds", ordered)
+
+    def threshold_for(self, kind: EmbeddingKind) -> float | None:
+        """The calibrated open-set threshold of one embedding kind, if any."""
+        return self.new_individual_thresholds.get(kind)
+
+    def with_thresholds(self, thresholds: Mapping[EmbeddingKind, float | None]) -> IdentifierConfig:
+        """A copy with some kinds' thresholds set (a ``None`` value removes that kind's)."""
+        merged = dict(self.new_individual_thresholds)
+        for kind, value in thresholds.items():
+            if value is None:
+                merged.pop(kind, None)
+            else:
+                merged[kind] = value
+        return self.replace(new_individual_thresholds=merged)
+
+    def architecture_dict(self) -> dict[str, Any]:
+        """What makes the vectors: architecture and preprocessing, no thresholds or names.
+
+        Gallery fingerprints hash it. Its layout is that of format 1 without thresholds,
+        name and head, so fingerprints (and galleries) of earlier files stay valid.
+        """
+        out: dict[str, Any] = {
+            "format_version": 1,
+            "backbone": self.backbone,
+            "pooling": self.pooling,
+            "neck": self.neck,
+            "embedding_size": self.embedding_size,
+            "preprocess": self.preprocess.to_dict(),
+            "backbone_num_classes": self.backbone_num_classes,
+        }
+        if self.members != 1:
+            out["members"] = self.members
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return the ``config.json`` content (with the format version)."""
@@ -246,12 +296,10 @@ class IdentifierConfig:
             "head": None if self.head is None else self.head.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "backbone_num_classes": self.backbone_num_classes,
-            "new_individual_threshold": self.new_individual_threshold,
-            "feature_new_individual_threshold": self.feature_new_individual_threshold,
+            "new_individual_thresholds": dict(self.new_individual_thresholds),
             "name": self.name,
         }
-        # Written only for ensembles: single-network files (and the gallery fingerprints
-        # derived from them) stay exactly as before.
+        # Written only for ensembles, as in format 1.
         if self.members != 1:
             out["members"] = self.members
         return out
@@ -267,12 +315,26 @@ class IdentifierConfig:
             raise _fail(where, f"expected a JSON object, got {type(data).__name__}")
         body = dict(data)
         version = body.pop("format_version", None)
-        if version != FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise _fail(
                 where,
                 f"unsupported format_version {version!r} (this ecomarine reads "
-                f"{FORMAT_VERSION}); upgrade ecomarine or re-export the model",
+                f"{', '.join(map(str, _READABLE_VERSIONS))}); upgrade ecomarine or re-export "
+                "the model",
             )
+        thresholds: dict[str, Any] = {}
+        if version == 1:
+            if "new_individual_thresholds" in body:
+                raise _fail(where, "unknown key(s) ['new_individual_thresholds'] in format 1")
+            for key, threshold_kind in _V1_THRESHOLD_KEYS.items():
+                value = body.pop(key, None)
+                if value is not None:
+                    thresholds[threshold_kind] = _get({key: value}, key, (int, float), where)
+        else:
+            raw = body.pop("new_individual_thresholds", None) or {}
+            if not isinstance(raw, Mapping):
+                raise _fail(where, "'new_individual_thresholds' must be an object kind -> cosine")
+            thresholds = dict(raw)
         _check_unknown(cls, body, where)
         kwargs: dict[str, Any] = {}
         simple: dict[str, type | tuple[type, ...]] = {
@@ -287,9 +349,7 @@ class IdentifierConfig:
         for key, kind in simple.items():
             if key in body:
                 kwargs[key] = _get(body, key, kind, where)
-        for key in ("new_individual_threshold", "feature_new_individual_threshold"):
-            if body.get(key) is not None:
-                kwargs[key] = float(_get(body, key, (int, float), where))
+        kwargs["new_individual_thresholds"] = thresholds
         if body.get("head") is not None:
             kwargs["head"] = HeadConfig.from_dict(body["head"])
         if "preprocess" in body:

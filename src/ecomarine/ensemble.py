@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
+from .calibration import calibrate_identifier
 from .errors import ConfigError
-from .heads import ArcMarginProduct
 from .identifier import Identifier
 from .model_card import calibration_section, identifier_card
 
 if TYPE_CHECKING:
-    from .training.data import Sample
+    from .catalog import Sample
 
 __all__ = [
     "build_ensemble",
@@ -38,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Config fields that every member must share (the rest is per-model metadata).
 _SHARED = ("backbone", "pooling", "neck", "embedding_size", "preprocess", "backbone_num_classes")
-# A network's own modules (the head, when there is one, is combined separately).
-_PARTS = ("backbone", "pool", "neck")
 
 
 def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifier:
@@ -56,7 +53,7 @@ def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifi
 
     Open-set thresholds are not carried over: an ensemble's similarities have their own
     scale, so calibrate it on held-out data (for example with
-    :func:`ecomarine.training.calibrate_identifier`).
+    :func:`ecomarine.calibration.calibrate_identifier`).
 
     An ensemble among ``models`` contributes its networks one by one
     (:func:`ensemble_members`), so that every network weighs the same: an ensemble of
@@ -82,30 +79,17 @@ def ensemble_identifiers(models: Sequence[Identifier], *, name: str) -> Identifi
                     f"{getattr(model.config, key)!r} vs {getattr(first, key)!r}"
                 )
     head = first.head if _heads_combine(models) else None
-    labels = models[0].labels if head is not None else []
     species: dict[str, str] = {}
     for model in models:
         species.update(model.species_by_id)
-    config = first.replace(
-        members=len(models),
-        head=head,
-        new_individual_threshold=None,
-        feature_new_individual_threshold=None,
-        name=name,
+    config = first.replace(members=len(models), head=head, new_individual_thresholds={}, name=name)
+    return Identifier.from_networks(
+        config,
+        [m.networks()[0] for m in models],
+        labels=models[0].labels if head is not None else (),
+        species=species if head is not None else None,
+        head_weights=[m.network_head_weights()[0] for m in models] if head is not None else None,
     )
-    ensemble = Identifier(config, labels, species if head is not None else None)
-    state = {}
-    for prefix, member in zip(
-        ["", *(f"extra_members.{i}." for i in range(len(models) - 1))], models, strict=True
-    ):
-        for key, tensor in member.state_dict().items():
-            if key.split(".", 1)[0] in _PARTS:
-                state[prefix + key] = tensor.detach().cpu()
-    if ensemble.head is not None:
-        weights = [F.normalize(_head_weight(m), dim=1) for m in models]
-        state["head.weight"] = torch.cat(weights, dim=1)
-    ensemble.load_state_dict(state, strict=True)
-    return ensemble.eval()
 
 
 def ensemble_members(model: Identifier) -> list[Identifier]:
@@ -119,32 +103,18 @@ def ensemble_members(model: Identifier) -> list[Identifier]:
     n = model.config.members
     if n == 1:
         return [model]
-    config = model.config.replace(
-        members=1,
-        new_individual_threshold=None,
-        feature_new_individual_threshold=None,
-    )
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    width = model.embedding_size // n
-    head = _head_weight(model) if model.head is not None else None
-    out = []
-    for i in range(n):
-        prefix = "" if i == 0 else f"extra_members.{i - 1}."
-        own = {
-            k[len(prefix) :]: v
-            for k, v in state.items()
-            if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0] in _PARTS
-        }
-        if head is not None:
-            own["head.weight"] = head[:, i * width : (i + 1) * width].clone()
-        member = Identifier(
+    config = model.config.replace(members=1, new_individual_thresholds={})
+    heads = model.network_head_weights() if model.head is not None else None
+    return [
+        Identifier.from_networks(
             config.replace(name=f"{config.name}-member{i}"),
-            model.labels if head is not None else [],
-            model.species_by_id if head is not None else None,
+            [network],
+            labels=model.labels if heads is not None else (),
+            species=model.species_by_id if heads is not None else None,
+            head_weights=[heads[i]] if heads is not None else None,
         )
-        member.load_state_dict(own, strict=True)
-        out.append(member.eval())
-    return out
+        for i, network in enumerate(model.networks())
+    ]
 
 
 def _heads_combine(models: Sequence[Identifier]) -> bool:
@@ -156,13 +126,6 @@ def _heads_combine(models: Sequence[Identifier]) -> bool:
         logger.info("ensemble without a head: members' heads or individuals differ")
         return False
     return True
-
-
-def _head_weight(model: Identifier) -> torch.Tensor:
-    head = model.head
-    if not isinstance(head, ArcMarginProduct):  # checked by _heads_combine
-        raise ConfigError("expected an ArcFace head")
-    return head.weight.detach().cpu().float()
 
 
 def round_weights(model: Identifier, dtype: torch.dtype) -> Identifier:
@@ -195,7 +158,7 @@ def build_ensemble(
         name: The ensemble's model name.
         train_samples: The members' training images (the calibration gallery).
         calibration_samples: Held-out queries; with ``train_samples``, the thresholds
-            are calibrated (:func:`ecomarine.training.calibrate_identifier`), else the
+            are calibrated (:func:`ecomarine.calibration.calibrate_identifier`), else the
             ensemble has none.
         new_fraction: Expected share of new individuals among future queries.
         dtype: Storage type the weights are rounded to (``None``: keep float32).
@@ -204,8 +167,6 @@ def build_ensemble(
     Returns:
         The ensemble and the calibration results (``{}`` when not calibrated).
     """
-    from .training import calibrate_identifier  # noqa: PLC0415 - training pulls in more
-
     ensemble = ensemble_identifiers(models, name=name)
     if dtype is not None:
         round_weights(ensemble, dtype)

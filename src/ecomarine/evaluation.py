@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import choose_new_individual_threshold
-from .gallery import search_labelled
-from .identifier import EmbeddingKind, Identifier
+from .calibration import calibrate_open_set
+from .catalog import Sample
+from .identifier import Identifier
 from .metrics import (
     NEW_INDIVIDUAL,
     insert_new_individual,
@@ -20,7 +20,8 @@ from .metrics import (
     retrieval_map,
     roc_auc,
 )
-from .training.data import Sample
+from .search import rank_labelled
+from .types import EmbeddingKind
 
 __all__ = ["EvaluationReport", "evaluate_open_set", "report_markdown"]
 
@@ -53,7 +54,7 @@ class EvaluationReport:
     n_known: int
     n_new: int
     n_gallery: int
-    embedding_kind: str
+    embedding_kind: EmbeddingKind
     model: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,14 +98,12 @@ def evaluate_open_set(
         # Calibration queries must not find themselves: search a gallery without them.
         own = {s.image for s in calibration_samples}
         keep = [i for i, s in enumerate(gallery_samples) if s.image not in own]
-        cal_cands, cal_truths = search_labelled(
+        threshold = calibrate_open_set(
             g_emb[keep],
             [g_ids[i] for i in keep],
             c_emb,
             [s.individual_id for s in calibration_samples],
-        )
-        threshold = choose_new_individual_threshold(
-            cal_cands, cal_truths, new_fraction=calibration_new_fraction
+            new_fraction=calibration_new_fraction,
         ).threshold
         source = "calibration queries"
     elif threshold is None:
@@ -113,7 +112,7 @@ def evaluate_open_set(
     q_emb = identifier.embed(
         [s.path for s in query_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
     )
-    cands, truths = search_labelled(g_emb, g_ids, q_emb, [s.individual_id for s in query_samples])
+    cands, truths = rank_labelled(g_emb, g_ids, q_emb, [s.individual_id for s in query_samples])
     preds = [insert_new_individual(c, threshold) for c in cands]
     known_idx = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
     known_truths = [truths[i] for i in known_idx]

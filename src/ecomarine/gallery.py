@@ -21,32 +21,33 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from ._atomic import atomic_write_bytes, atomic_write_text
-from .calibration import NewIndividualCalibration, choose_new_individual_threshold
+from .calibration import NewIndividualCalibration, calibrate_open_set
 from .errors import GalleryError
 from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
-from .types import Match
+from .search import AGGREGATIONS, Aggregation, rank_individuals
+from .types import EmbeddingKind, Match, embedding_kind
 
-__all__ = ["Aggregation", "Gallery", "Identification", "search_labelled"]
+__all__ = ["Aggregation", "Gallery", "Identification"]
 
 _Arr = np.ndarray[Any, Any]
 _F32 = np.ndarray[Any, np.dtype[np.float32]]
 
 logger = logging.getLogger(__name__)
 
-GALLERY_FORMAT_VERSION = 1
+#: Version 2: ``new_individual_threshold`` is an explicit override (``null``: the model's).
+#: Version 1 galleries stored a copy of the model's threshold; it loads as an override.
+GALLERY_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "gallery.json"
 LOCK_NAME = ".lock"
-
-#: How image similarities combine into an individual's score.
-Aggregation = Literal["max", "mean"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,11 @@ class Gallery:
     Args:
         fingerprint: Fingerprint of the model (and embedding kind) that made the vectors.
         embedding_kind: ``"embedding"`` or ``"features"``; a gallery holds one kind.
-        new_individual_threshold: Best-match cosine under which a query is new.
+        new_individual_threshold: An explicit override of the open-set threshold (the
+            best-match cosine under which a query is new), e.g. calibrated on this
+            catalogue. ``None`` (the default): a :class:`~ecomarine.pipeline.Pipeline`
+            applies its model's calibrated threshold, which follows the model when it is
+            recalibrated; a gallery used alone then never declares a new individual.
         index_kind: ``"flat"`` (exact), or ``"hnsw"``, ``"ivf"``, ``"sq8"`` (approximate,
             FAISS; see :mod:`ecomarine.index`).
         use_faiss: ``None``: FAISS when installed; False: NumPy.
@@ -104,18 +109,18 @@ class Gallery:
         self,
         *,
         fingerprint: str | None = None,
-        embedding_kind: str = "embedding",
+        embedding_kind: EmbeddingKind = "embedding",
         new_individual_threshold: float | None = None,
         index_kind: IndexKind = "flat",
         use_faiss: bool | None = None,
         aggregation: Aggregation = "max",
         model_name: str | None = None,
     ) -> None:
-        if aggregation not in ("max", "mean"):
+        if aggregation not in AGGREGATIONS:
             raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
         _check_index_kind(index_kind)
         self.fingerprint = fingerprint
-        self.embedding_kind = embedding_kind
+        self.embedding_kind: EmbeddingKind = embedding_kind
         self.new_individual_threshold = new_individual_threshold
         self.index_kind: IndexKind = index_kind
         self.use_faiss = use_faiss
@@ -125,6 +130,7 @@ class Gallery:
         self._rec = _Records()
         self._index: VectorIndex | None = None
         self._species_cache: dict[str, str | None] = {}
+        self._label_cache: tuple[list[str], _Arr] | None = None
         self._next_id = 0
 
     # --- contents -----------------------------------------------------------------------
@@ -327,6 +333,15 @@ class Gallery:
         norms = np.linalg.norm(q, axis=1, keepdims=True)
         return (q / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
+    def _labels(self) -> tuple[list[str], _Arr]:
+        """Sorted individual ids and each image's row among them (cached)."""
+        if self._label_cache is None:
+            names = self.individuals()
+            pos = {name: i for i, name in enumerate(names)}
+            rows = np.array([pos[x] for x in self._rec.individual_ids], dtype=np.int64)
+            self._label_cache = (names, rows)
+        return self._label_cache
+
     def search(
         self,
         query_embeddings: np.ndarray[Any, Any],
@@ -342,48 +357,22 @@ class Gallery:
         q = self._check_queries(query_embeddings)
         if not len(self):
             return [[] for _ in range(len(q))]
-        if top_k < 1:
-            raise GalleryError("top_k must be >= 1")
-        agg = aggregation or self.aggregation
-        if agg == "mean":
-            return self._search_mean(q, top_k)
-        return [self._search_max_one(s, i, top_k) for s, i in self._search_max_batch(q, top_k)]
-
-    def _search_max_batch(self, q: _F32, top_k: int) -> list[tuple[_Arr, _Arr]]:
-        # Max aggregation is exact once the retrieved images cover top_k individuals:
-        # any individual not retrieved scores at most the last retrieved image.
-        index = self._get_index()
-        n = len(self)
-        k = min(n, max(top_k * 8, 32))
-        pending = np.arange(len(q))
-        results: dict[int, tuple[_Arr, _Arr]] = {}
-        ind = np.asarray(self._rec.individual_ids)
-        while len(pending):
-            scores, idx = index.search(q[pending], k)
-            retry: list[int] = []
-            for row, qi in enumerate(pending.tolist()):
-                valid = idx[row] >= 0
-                distinct = len(set(ind[idx[row][valid]]))
-                if distinct >= top_k or k >= n:
-                    results[qi] = (scores[row][valid], idx[row][valid])
-                else:
-                    retry.append(qi)
-            pending = np.asarray(retry, dtype=np.int64)
-            k = min(n, k * 4)
-        return [results[qi] for qi in range(len(q))]
-
-    def _search_max_one(self, scores: _Arr, idx: _Arr, top_k: int) -> list[Match]:
-        seen: set[str] = set()
-        out: list[Match] = []
-        for s, i in zip(scores.tolist(), idx.tolist(), strict=True):
-            ind = self._rec.individual_ids[i]
-            if ind in seen:
-                continue
-            seen.add(ind)
-            out.append(Match(ind, float(s), self.species_of_cached(ind), self._rec.image_ids[i]))
-            if len(out) == top_k:
-                break
-        return out
+        names, rows = self._labels()
+        hits = rank_individuals(
+            self._get_index(), rows, q, top_k, aggregation=aggregation or self.aggregation
+        )
+        return [
+            [
+                Match(
+                    names[h.individual],
+                    h.score,
+                    self.species_of_cached(names[h.individual]),
+                    self._rec.image_ids[h.image],
+                )
+                for h in row
+            ]
+            for row in hits
+        ]
 
     def species_of_cached(self, individual_id: str) -> str | None:
         """Like :meth:`species_of`, memoised until the gallery changes."""
@@ -393,35 +382,8 @@ class Gallery:
 
     def _changed(self) -> None:
         self._index = None
+        self._label_cache = None
         self._species_cache.clear()
-
-    def _search_mean(self, q: _F32, top_k: int) -> list[list[Match]]:
-        names = self.individuals()
-        pos = {name: i for i, name in enumerate(names)}
-        rows = np.array([pos[x] for x in self._rec.individual_ids])
-        sums = np.zeros((len(names), self._emb.shape[1]), np.float64)
-        np.add.at(sums, rows, self._emb)
-        counts = np.bincount(rows, minlength=len(names))[:, None]
-        centroids = (sums / counts).astype(np.float32)  # mean of cosines = q . mean vector
-        out = []
-        for row in q:
-            scores = centroids @ row
-            order = np.lexsort((np.arange(len(names)), -scores))[:top_k]
-            matches = []
-            for j in order:
-                members = np.flatnonzero(rows == j)
-                best = members[int(np.argmax(self._emb[members] @ row))]
-                name = names[j]
-                matches.append(
-                    Match(
-                        name,
-                        float(scores[j]),
-                        self.species_of_cached(name),
-                        self._rec.image_ids[best],
-                    )
-                )
-            out.append(matches)
-        return out
 
     def identify(
         self,
@@ -435,7 +397,10 @@ class Gallery:
         Args:
             query_embeddings: ``(Q, D)`` vectors.
             top_k: Candidates per query.
-            threshold: Overrides the gallery's ``new_individual_threshold``.
+            threshold: The open-set threshold to apply; default: the gallery's own
+                override (:attr:`new_individual_threshold`), else none (never new). A
+                :class:`~ecomarine.pipeline.Pipeline` passes its model's threshold when the
+                gallery has no override.
         """
         thr = self.new_individual_threshold if threshold is None else threshold
         out: list[Identification] = []
@@ -463,7 +428,9 @@ class Gallery:
         Each group of images (by ``metadata[group_key]``, e.g. an encounter; each image
         alone when absent) is queried against the rest of the gallery. A query whose
         individual has no image outside its group plays a new individual. The threshold
-        maximising MAP@5 on these queries is chosen (and stored when ``apply``).
+        maximising MAP@5 on these queries is chosen (see
+        :func:`~ecomarine.calibration.calibrate_open_set`), and with ``apply`` stored as
+        this gallery's override of its model's threshold.
 
         Raises:
             GalleryError: With fewer than two groups.
@@ -474,32 +441,15 @@ class Gallery:
         ]
         if len(set(groups)) < 2:
             raise GalleryError("calibration needs at least two groups (encounters or images)")
-        names = self.individuals()
-        pos = {name: i for i, name in enumerate(names)}
-        ind_rows = np.array([pos[x] for x in self._rec.individual_ids])
-        group_arr = np.asarray(groups)
-        outside: dict[tuple[str, str], bool] = {}
-        for g in set(groups):
-            in_g = group_arr == g
-            for ind in set(np.asarray(self._rec.individual_ids)[in_g]):
-                outside[(g, ind)] = bool(((ind_rows == pos[ind]) & ~in_g).any())
-        candidates: list[list[Match]] = []
-        truths: list[str] = []
-        block = max(1, (32 * 1024 * 1024) // (4 * max(1, len(self))))
-        for start in range(0, len(self), block):
-            sims = self._emb[start : start + block] @ self._emb.T
-            for r, raw in enumerate(sims):
-                i = start + r
-                sim = np.where(group_arr == groups[i], -np.inf, raw)
-                best = np.full(len(names), -np.inf)
-                np.maximum.at(best, ind_rows, sim)
-                order = np.argsort(-best, kind="stable")[:top_k]
-                candidates.append(
-                    [Match(names[j], float(best[j])) for j in order if np.isfinite(best[j])]
-                )
-                ind = self._rec.individual_ids[i]
-                truths.append(ind if outside[(groups[i], ind)] else NEW_INDIVIDUAL)
-        result = choose_new_individual_threshold(candidates, truths, k=top_k)
+        result = calibrate_open_set(
+            self._emb,
+            self._rec.individual_ids,
+            self._emb,
+            self._rec.individual_ids,
+            gallery_groups=groups,
+            query_groups=groups,
+            top_k=top_k,
+        )
         if apply:
             self.new_individual_threshold = result.threshold
         return result
@@ -617,7 +567,7 @@ class Gallery:
             raise GalleryError(f"{manifest_path}: unreadable manifest ({exc})") from exc
         if (
             not isinstance(manifest, dict)
-            or manifest.get("format_version") != GALLERY_FORMAT_VERSION
+            or manifest.get("format_version") not in _READABLE_VERSIONS
         ):
             raise GalleryError(f"{manifest_path}: unsupported or missing format_version")
         try:
@@ -648,10 +598,22 @@ class Gallery:
                 f"{folder}: built with a different model (fingerprint {fingerprint}, "
                 f"this model {expected_fingerprint}); rebuild it with this model"
             )
+        threshold = _threshold_or_none(manifest.get("new_individual_threshold"), manifest_path)
+        if threshold is not None and manifest["format_version"] == 1:
+            logger.info(
+                "%s: a version-1 gallery; its threshold %s is kept as an explicit override "
+                "(set Gallery.new_individual_threshold = None to follow the model's)",
+                folder,
+                threshold,
+            )
+        try:
+            kind = embedding_kind(manifest.get("embedding_kind", "embedding"))
+        except ValueError as exc:
+            raise GalleryError(f"{manifest_path}: {exc}") from exc
         gallery = cls(
             fingerprint=fingerprint,
-            embedding_kind=str(manifest.get("embedding_kind", "embedding")),
-            new_individual_threshold=manifest.get("new_individual_threshold"),
+            embedding_kind=kind,
+            new_individual_threshold=threshold,
             index_kind=manifest.get("index_kind", "flat"),
             use_faiss=use_faiss,
             aggregation=manifest.get("aggregation", "max"),
@@ -671,25 +633,14 @@ class Gallery:
         return gallery
 
 
-def search_labelled(
-    gallery_embeddings: _Arr,
-    gallery_ids: Sequence[str],
-    query_embeddings: _Arr,
-    query_ids: Sequence[str],
-    *,
-    top_k: int = 5,
-) -> tuple[list[list[Match]], list[str]]:
-    """Search labelled queries in a gallery built from labelled vectors.
-
-    Returns the ranked candidates per query and each query's truth: its id, or
-    ``"new_individual"`` when that id is absent from the gallery. Used by evaluation,
-    training validation and threshold calibration alike.
-    """
-    gallery = Gallery()
-    gallery.add(gallery_embeddings, gallery_ids)
-    known = set(gallery_ids)
-    truths = [q if q in known else NEW_INDIVIDUAL for q in query_ids]
-    return gallery.search(query_embeddings, top_k), truths
+def _threshold_or_none(value: object, where: Path) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GalleryError(f"{where}: new_individual_threshold must be a number or null")
+    if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+        raise GalleryError(f"{where}: new_individual_threshold must be a cosine in [-1, 1]")
+    return float(value)
 
 
 def _manifest_bytes(folder: Path) -> bytes | None:

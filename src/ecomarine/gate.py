@@ -16,25 +16,34 @@ The threshold is calibrated (:meth:`Gate.calibrate`) and saved with the gate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from . import hub
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._device import resolve_device
+from ._gate_base import (
+    DEFAULT_NEGATIVE_PROMPTS,
+    DEFAULT_POSITIVE_PROMPTS,
+    EMBEDDED_GATE_DIR,
+    GATE_CONFIG,
+    GATE_WEIGHTS,
+    GateBackend,
+    GateConfig,
+)
+from ._parts import GateParts
+from ._pretrained import PretrainedMixin, resolve_source
 from .calibration import BinaryCalibration, calibrate_binary
-from .config import PreprocessConfig, read_json
-from .errors import ConfigError
+from .factory import gate_parts
+from .hub import HubOptions
 from .io import ImageSource
 from .transforms import default_workers, load_batch
 from .types import GateResult
@@ -42,137 +51,31 @@ from .types import GateResult
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPTS",
     "DEFAULT_POSITIVE_PROMPTS",
+    "EMBEDDED_GATE_DIR",
     "Gate",
     "GateBackend",
     "GateConfig",
+    "build_gate",
+    "clip_gate",
 ]
 
 logger = logging.getLogger(__name__)
 
-GATE_FORMAT_VERSION = 1
-GATE_CONFIG = "gate.json"
-GATE_WEIGHTS = "gate.safetensors"
-EMBEDDED_GATE_DIR = Path(__file__).resolve().parent / "weights" / "gate-embedded"
 
-DEFAULT_POSITIVE_PROMPTS = (
-    "a photo of a whale in the ocean",
-    "an aerial photo of a whale",
-    "a photo of a humpback whale",
-    "a photo of a blue whale",
-    "a photo of a killer whale",
-    "a photo of a dolphin swimming",
-    "a photo of a beluga whale",
-    "a photo of a marine mammal in the sea",
-    "a photo of a whale fluke or dorsal fin",
-    "a photograph of a cetacean",
-)
-DEFAULT_NEGATIVE_PROMPTS = (
-    "a photo of text on a blank page",
-    "a screenshot of a document",
-    "a photo of a person",
-    "a photo of a building",
-    "a photo of a car",
-    "a photo of a cat",
-    "a photo of a dog",
-    "a photo of food",
-    "a photo of a landscape without animals",
-    "a blank white image",
-    "a photo of a fish",
-    "a photo of a boat on water",
-    "a photo of a shark",
-    "an abstract pattern",
-)
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """What a gate needs besides tensors; saved as ``gate.json``.
-
-    Attributes:
-        backend: ``"embedded"`` or ``"clip"``.
-        threshold: Scores at or above it are cetacean photos.
-        preprocess: Input size and normalisation of the backend's image model.
-        clip_model: open_clip architecture name (``clip`` only).
-        clip_pretrained: open_clip pretrained tag or Hub id (``clip`` only).
-        positive_prompts: Prompts describing cetacean photos (``clip`` only).
-        negative_prompts: Prompts describing everything else (``clip`` only).
-        calibration: The last calibration report, if any.
-    """
-
-    backend: str = "embedded"
-    threshold: float = 0.5
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    clip_model: str | None = None
-    clip_pretrained: str | None = None
-    positive_prompts: tuple[str, ...] = DEFAULT_POSITIVE_PROMPTS
-    negative_prompts: tuple[str, ...] = DEFAULT_NEGATIVE_PROMPTS
-    calibration: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("embedded", "clip"):
-            raise ConfigError(f"gate backend must be 'embedded' or 'clip', got {self.backend!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"gate threshold must be in [0, 1], got {self.threshold}")
-        if self.backend == "clip" and (not self.positive_prompts or not self.negative_prompts):
-            raise ConfigError("the CLIP gate needs positive and negative prompts")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready content of ``gate.json``."""
-        data = asdict(self)
-        data["preprocess"] = self.preprocess.to_dict()
-        data["positive_prompts"] = list(self.positive_prompts)
-        data["negative_prompts"] = list(self.negative_prompts)
-        return {"format_version": GATE_FORMAT_VERSION, **data}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = GATE_CONFIG) -> GateConfig:
-        """Validate and build from ``gate.json`` content."""
-        if not isinstance(data, dict) or data.get("format_version") != GATE_FORMAT_VERSION:
-            raise ConfigError(f"{where}: unsupported or missing format_version")
-        body = {k: v for k, v in data.items() if k != "format_version"}
-        unknown = set(body) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-        try:
-            if "preprocess" in body:
-                body["preprocess"] = PreprocessConfig.from_dict(body["preprocess"])
-            for key in ("positive_prompts", "negative_prompts"):
-                if key in body:
-                    body[key] = tuple(str(p) for p in body[key])
-            if "threshold" in body:
-                body["threshold"] = float(body["threshold"])
-            return cls(**body)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"{where}: {exc}") from exc
-
-
-class GateBackend(Protocol):
-    """Scores a preprocessed batch; all backends are ``nn.Module``-like."""
-
-    name: str
-
-    def scores(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` scores in [0, 1] for a ``(B, 3, H, W)`` batch."""
-        ...
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to save with the gate (beyond any pretrained image model)."""
-        ...
-
-    def to(self, device: torch.device) -> Any:
-        """Move to a device."""
-        ...
-
-
-class Gate:
+class Gate(PretrainedMixin):
     """Zero-shot / small-head gate that rejects non-cetacean photos.
+
+    ``Gate.from_pretrained(name_or_path)`` loads ``"embedded"`` (the bundled fitted gate),
+    a folder written by :meth:`save_pretrained`, or a Hub repository (see
+    :meth:`~ecomarine._pretrained.PretrainedMixin.from_pretrained` for the Hub keywords);
+    :meth:`push_to_hub` uploads one.
 
     Args:
         backend: A backend object (see :class:`GateBackend`).
         config: The gate's config (threshold, preprocessing, prompts).
     """
+
+    push_message = "Upload ecomarine gate"
 
     def __init__(self, backend: GateBackend, config: GateConfig) -> None:
         self.backend = backend
@@ -236,12 +139,8 @@ class Gate:
         neg = _as_scores(self, negatives)
         report = calibrate_binary(pos, neg, min_tpr=min_tpr, min_tnr=min_tnr)
         if apply:
-            self.config = GateConfig(
-                **{
-                    **{k: getattr(self.config, k) for k in self.config.__dataclass_fields__},
-                    "threshold": report.threshold,
-                    "calibration": report.to_dict(),
-                }
+            self.config = dataclasses.replace(
+                self.config, threshold=report.threshold, calibration=report.to_dict()
             )
         return report
 
@@ -262,53 +161,73 @@ class Gate:
         return folder
 
     @classmethod
-    def from_pretrained(
+    def _from_source(
         cls,
-        name_or_path: str | os.PathLike[str] = "embedded",
+        name_or_path: str | os.PathLike[str] | None,
+        options: HubOptions,
         *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        device: str | torch.device | None = None,
+        device: Any = None,
+        **kwargs: Any,
     ) -> Gate:
-        """Load ``"embedded"``, a folder written by :meth:`save_pretrained`, or a Hub repo.
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
+        source = resolve_source(name_or_path or "embedded", options)
+        return build_gate(gate_parts(source)).to(device)
 
-        Raises:
-            WeightsNotFoundError: Missing files or an offline cache miss.
-            ConfigError: An invalid ``gate.json``.
-        """
-        if os.fspath(name_or_path) == "embedded":
-            location = hub.HubLocation(local_dir=EMBEDDED_GATE_DIR)
-            if not (EMBEDDED_GATE_DIR / GATE_CONFIG).is_file():
-                from ._gate_embedded import imagenet_class_gate  # noqa: PLC0415
 
-                return imagenet_class_gate().to(device)
-        else:
-            location = hub.parse_location(
-                name_or_path,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-            )
-        config_path = hub.require_file(location, GATE_CONFIG)
-        weights_path = hub.require_file(location, GATE_WEIGHTS)
-        config = GateConfig.from_dict(read_json(config_path), where=str(config_path))
-        try:
-            tensors = load_safetensors(weights_path.read_bytes())
-        except Exception as exc:  # safetensors' own error types
-            raise ConfigError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
-        backend: GateBackend
-        if config.backend == "clip":
-            from ._gate_clip import ClipBackend  # noqa: PLC0415
+def build_gate(parts: GateParts) -> Gate:
+    """The gate of some parts: the backend its config names, rebuilt from its tensors.
 
-            backend = ClipBackend.from_config(config, tensors, location)
-        else:
-            from ._gate_embedded import EmbeddedBackend  # noqa: PLC0415
+    Raises:
+        ConfigError: Tensors that do not fit the backend (named).
+        WeightsNotFoundError: A CLIP model that cannot be had (offline).
+    """
+    backend: GateBackend
+    if parts.config.backend == "clip":
+        from ._gate_clip import ClipBackend  # noqa: PLC0415 - optional dependency open_clip
 
-            backend = EmbeddedBackend.from_tensors(tensors, str(weights_path))
-        return cls(backend, config).to(device)
+        backend = ClipBackend.from_config(parts.config, parts.tensors, parts.location)
+    else:
+        from ._gate_embedded import EmbeddedBackend  # noqa: PLC0415 - builds a network
+
+        backend = EmbeddedBackend.from_tensors(parts.tensors, parts.where)
+    return Gate(backend, parts.config)
+
+
+def clip_gate(
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = "laion2b_s34b_b79k",
+    *,
+    positive: Sequence[str] | None = None,
+    negative: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    cache_dir: str | None = None,
+) -> Gate:
+    """A CLIP gate (optional extra ``clip``; downloads the model lazily via open_clip).
+
+    Args:
+        model_name: open_clip architecture.
+        pretrained: open_clip pretrained tag or Hub id (``None``: random weights, which
+            are then saved with the gate).
+        positive: Prompts describing cetacean photos (default: the published ones).
+        negative: Prompts describing everything else.
+        threshold: Decision threshold (calibrate it: :meth:`Gate.calibrate`).
+        cache_dir: open_clip's download cache.
+
+    Raises:
+        ConfigError: Without open_clip, or without prompts on either side.
+    """
+    from ._gate_clip import build_clip_backend  # noqa: PLC0415 - optional dependency open_clip
+
+    backend, config = build_clip_backend(
+        model_name,
+        pretrained,
+        DEFAULT_POSITIVE_PROMPTS if positive is None else positive,
+        DEFAULT_NEGATIVE_PROMPTS if negative is None else negative,
+        threshold=threshold,
+        cache_dir=cache_dir,
+    )
+    return Gate(backend, config)
 
 
 def _as_scores(

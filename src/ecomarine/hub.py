@@ -20,6 +20,7 @@ from .errors import WeightsNotFoundError
 
 __all__ = [
     "HubLocation",
+    "HubOptions",
     "fetch_file",
     "is_offline",
     "parse_location",
@@ -37,6 +38,23 @@ _HINT = (
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set to a truthy value (read now, not at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How to reach the Hub: the keyword arguments every ``from_pretrained`` takes.
+
+    Attributes:
+        revision: Branch, tag or commit.
+        cache_dir: Hub cache folder (default: the Hugging Face cache).
+        local_files_only: Never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
+        token: Hub token for private repositories.
+    """
+
+    revision: str | None = None
+    cache_dir: str | os.PathLike[str] | None = None
+    local_files_only: bool = False
+    token: str | bool | None = None
 
 
 @dataclass(frozen=True)
@@ -68,12 +86,7 @@ class HubLocation:
 
 
 def parse_location(
-    name_or_path: str | os.PathLike[str],
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
+    name_or_path: str | os.PathLike[str], options: HubOptions | None = None
 ) -> HubLocation:
     """Decide whether ``name_or_path`` is a local folder or a Hub repository id.
 
@@ -81,10 +94,10 @@ def parse_location(
         WeightsNotFoundError: A path that does not exist, a file where a folder is
             expected, or a string that is neither a folder nor a valid repository id.
     """
+    opts = options or HubOptions()
     text = os.fspath(name_or_path)
     if text.startswith("hf-hub:"):
-        text = text[len("hf-hub:") :]
-        return _hub(text, revision, cache_dir, local_files_only, token)
+        return _hub(text[len("hf-hub:") :], opts)
     path = Path(text).expanduser()
     if path.is_dir():
         return HubLocation(local_dir=path)
@@ -98,24 +111,18 @@ def parse_location(
             f"model {text!r} not found: no such folder, and not a Hub repo id (owner/name); "
             + _HINT
         )
-    return _hub(text, revision, cache_dir, local_files_only, token)
+    return _hub(text, opts)
 
 
-def _hub(
-    repo_id: str,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    local_files_only: bool,
-    token: str | bool | None,
-) -> HubLocation:
+def _hub(repo_id: str, options: HubOptions) -> HubLocation:
     if not _REPO_ID.match(repo_id):
         raise WeightsNotFoundError(f"{repo_id!r} is not a valid Hub repo id (owner/name)")
     return HubLocation(
         repo_id=repo_id,
-        revision=revision,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only or is_offline(),
-        token=token,
+        revision=options.revision,
+        cache_dir=options.cache_dir,
+        local_files_only=options.local_files_only or is_offline(),
+        token=options.token,
     )
 
 

@@ -2,8 +2,11 @@
 
 ``embed()`` turns photos into L2-normalised vectors; ``classify()`` ranks the known
 individuals of the head. ``save_pretrained``/``from_pretrained`` are a pair (config,
-safetensors weights, labels, model card), and ``from_pretrained`` also reads the
-bundled ``"embedded"`` weights and the legacy EcoMarineAI checkpoint layout.
+safetensors weights, labels, model card); the loading factory (:mod:`ecomarine.factory`)
+reads every source (the bundled ``"embedded"`` weights, folders, the Hub, the legacy
+EcoMarineAI layout) into plain parts, and :func:`build_identifier` checks and builds them.
+The identifier also owns the layout of an ensemble's weights (:meth:`Identifier.networks`,
+:meth:`Identifier.from_networks`).
 """
 
 from __future__ import annotations
@@ -12,41 +15,45 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
-from . import hub
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._device import conv_layout, resolve_device
-from .config import IdentifierConfig, read_json
+from ._parts import IdentifierParts
+from ._pretrained import PretrainedMixin, resolve_source
+from .config import IdentifierConfig
 from .errors import ConfigError
+from .factory import CARD_NAME, CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, identifier_parts
 from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct
+from .hub import HubOptions
 from .io import ImageSource
 from .transforms import default_workers, load_batch
-from .types import Match
+from .types import EMBEDDING_KINDS, EmbeddingKind, Match
 
-__all__ = ["EmbeddingKind", "Identifier", "check_state_dict"]
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "EmbeddingKind",
+    "Identifier",
+    "build_identifier",
+    "check_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``"embedding"``: the trained (neck) embedding; ``"features"``: the backbone's general
-#: pooled features, which transfer better to species the model was not trained on.
-EmbeddingKind = Literal["embedding", "features"]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-LABELS_NAME = "labels.json"
-CARD_NAME = "README.md"
+# Key prefix of ensemble member i + 1 (member 0 uses the single-network names).
+_MEMBER_PREFIX = "extra_members.{}."
+# A network's own modules (the head, when there is one, is shared by the members).
+_NETWORK_PARTS = ("backbone", "pool", "neck")
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
@@ -80,8 +87,17 @@ def _clip(items: list[str], limit: int = 10) -> str:
     return str(items[:limit]) + more
 
 
-class Identifier(nn.Module):
+class Identifier(PretrainedMixin, nn.Module):
     """Backbone -> pooling -> neck -> (optional) ArcFace head.
+
+    ``Identifier.from_pretrained(name_or_path, ..., allow_pickle=False)`` loads
+    ``"embedded"`` (the bundled trained model, offline), ``"embedded-imagenet"`` (its
+    untrained ImageNet backbone), a folder written by :meth:`save_pretrained` or holding
+    the legacy EcoMarineAI files, or a Hub repository (see
+    :meth:`~ecomarine._pretrained.PretrainedMixin.from_pretrained` for the Hub keywords).
+    ``allow_pickle=True`` lets the legacy import unpickle arbitrary objects: only for
+    files you trust, since unpickling can run any code (else
+    :class:`~ecomarine.errors.UnsafeFileError`).
 
     Args:
         config: Architecture and preprocessing.
@@ -93,6 +109,8 @@ class Identifier(nn.Module):
         >>> ident.embed(["whale.jpg"]).shape  # doctest: +SKIP
         (1, 512)
     """
+
+    push_message = "Upload ecomarine identifier"
 
     def __init__(
         self,
@@ -110,8 +128,8 @@ class Identifier(nn.Module):
         # num_features) that nn.Module's type does not describe.
         self.backbone: Any
         self.backbone, self.pool, self.neck, features, embedding = _build_member(config)
-        # Members 2.. of an ensemble; empty (no tensors) for a single network, so that
-        # single-network weight files keep their key names.
+        # Members 2.. of an ensemble (keys _MEMBER_PREFIX); empty (no tensors) for a single
+        # network, so that single-network weight files keep their key names.
         self.extra_members = nn.ModuleList(_Member(config) for _ in range(config.members - 1))
         self.num_features = features * config.members
         self.embedding_size = embedding * config.members
@@ -310,14 +328,12 @@ class Identifier(nn.Module):
 
     def threshold_for(self, kind: EmbeddingKind) -> float | None:
         """The shipped open-set threshold for this kind of embedding, if calibrated."""
-        if kind == "features":
-            return self.config.feature_new_individual_threshold
-        return self.config.new_individual_threshold
+        return self.config.threshold_for(kind)
 
     @property
     def new_individual_threshold(self) -> float | None:
         """Open-set threshold of the trained embedding (from ``config.json``)."""
-        return self.config.new_individual_threshold
+        return self.config.threshold_for("embedding")
 
     def fingerprint(self, kind: EmbeddingKind = "embedding") -> str:
         """A hash of the architecture, preprocessing and weights that make an embedding.
@@ -325,10 +341,7 @@ class Identifier(nn.Module):
         Galleries store it and refuse to mix vectors from different models or kinds.
         """
         digest = hashlib.sha256()
-        arch = self.config.to_dict()
-        for key in ("new_individual_threshold", "feature_new_individual_threshold", "name"):
-            arch.pop(key)
-        arch.pop("head")
+        arch = self.config.architecture_dict()
         digest.update(json.dumps([arch, kind], sort_keys=True).encode())
         modules: list[nn.Module] = []
         for backbone, pool, neck in self._members():
@@ -378,100 +391,106 @@ class Identifier(nn.Module):
         atomic_write_text(folder / CARD_NAME, model_card or identifier_card(self))
         return folder
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        token: str | None = None,
-        private: bool | None = None,
-        commit_message: str = "Upload ecomarine identifier",
-    ) -> str:
-        """Save to a temporary folder and upload it to ``repo_id``; return the commit URL."""
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return hub.upload_folder(
-                Path(tmp), repo_id, token=token, private=private, commit_message=commit_message
-            )
-
     @classmethod
-    def from_pretrained(
+    def _from_source(
         cls,
-        name_or_path: str | os.PathLike[str] = "embedded",
+        name_or_path: str | os.PathLike[str] | None,
+        options: HubOptions,
         *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        device: str | torch.device | None = None,
+        device: Any = None,
         allow_pickle: bool = False,
+        **kwargs: Any,
     ) -> Identifier:
-        """Load an identifier from ``"embedded"``, a local folder or a Hub repository.
-
-        Args:
-            name_or_path: ``"embedded"`` (bundled, offline), a folder written by
-                :meth:`save_pretrained` or holding the legacy EcoMarineAI files, or a Hub
-                repo id (``owner/name`` or ``hf-hub:owner/name``).
-            revision: Hub branch, tag or commit.
-            cache_dir: Hub cache folder.
-            local_files_only: Never touch the network (also implied by
-                ``HF_HUB_OFFLINE=1``).
-            token: Hub token for private repositories.
-            device: Where to put the model; default: CUDA, then MPS, then CPU.
-            allow_pickle: Let the legacy import unpickle arbitrary objects. Only for
-                files you trust: unpickling can run any code.
-
-        Raises:
-            WeightsNotFoundError: A missing folder, file, repository, or an offline cache miss.
-            ConfigError: An invalid config or weights that do not match it.
-            UnsafeFileError: A legacy file needs unpickling and ``allow_pickle`` is False.
-        """
-        if os.fspath(name_or_path) == "embedded":
-            from .embedded import load_embedded_identifier  # noqa: PLC0415
-
-            model = load_embedded_identifier()
-        else:
-            location = hub.parse_location(
-                name_or_path,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-                token=token,
-            )
-            config_path = hub.fetch_file(location, CONFIG_NAME, required=False)
-            if config_path is None:
-                from .legacy import load_legacy  # noqa: PLC0415
-
-                model = load_legacy(location, allow_pickle=allow_pickle)
-            else:
-                model = cls._from_files(location, config_path)
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
+        source = resolve_source(name_or_path or "embedded", options)
+        model = build_identifier(identifier_parts(source, allow_pickle=allow_pickle))
         return model.to(resolve_device(device)).eval()
 
+    # --- ensembles: the weight layout ---------------------------------------------------
+
+    def networks(self) -> list[dict[str, Tensor]]:
+        """Each network's own tensors (backbone, pooling, neck) under single-network names.
+
+        A single network gives one; an ensemble one per member. The head is not included
+        (see :meth:`network_head_weights`).
+        """
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        out = []
+        for i in range(self.config.members):
+            prefix = "" if i == 0 else _MEMBER_PREFIX.format(i - 1)
+            out.append(
+                {
+                    k[len(prefix) :]: v
+                    for k, v in state.items()
+                    if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0] in _NETWORK_PARTS
+                }
+            )
+        return out
+
+    def network_head_weights(self) -> list[Tensor]:
+        """Each network's slice of the ArcFace class weights (one slice for a single network).
+
+        Raises:
+            ConfigError: Without a plain ArcFace head.
+        """
+        if not isinstance(self.head, ArcMarginProduct):
+            raise ConfigError("expected an identifier with a plain ArcFace head")
+        weight = self.head.weight.detach().cpu().float()
+        width = self.embedding_size // self.config.members
+        return [weight[:, i * width : (i + 1) * width].clone() for i in range(self.config.members)]
+
     @classmethod
-    def _from_files(cls, location: hub.HubLocation, config_path: Path) -> Identifier:
-        config = IdentifierConfig.from_dict(read_json(config_path), where=str(config_path))
-        labels_path = hub.fetch_file(location, LABELS_NAME, required=config.head is not None)
-        ids: list[str] = []
-        species: dict[str, str] = {}
-        if labels_path is not None:
-            ids, species = _read_labels(labels_path)
-        weights_path = hub.require_file(location, WEIGHTS_NAME)
-        model = cls(config, ids, species)
-        try:
-            state = load_safetensors_bytes(weights_path.read_bytes())
-        except Exception as exc:  # safetensors raises its own error types on bad headers
-            raise ConfigError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
-        check_state_dict(model, state, str(weights_path))
-        return model
+    def from_networks(
+        cls,
+        config: IdentifierConfig,
+        networks: Sequence[Mapping[str, Tensor]],
+        *,
+        labels: Sequence[str] = (),
+        species: Mapping[str, str] | None = None,
+        head_weights: Sequence[Tensor] | None = None,
+    ) -> Identifier:
+        """An identifier made of networks' tensors (an ensemble for two or more).
+
+        Args:
+            config: The identifier's config; ``config.members`` must equal ``len(networks)``.
+            networks: Per network, tensors as :meth:`networks` gives them.
+            labels: Individual ids of the head.
+            species: Species per individual id.
+            head_weights: Per network, its ArcFace class weights (``config.head`` must be
+                set). For an ensemble each is normalised and they are concatenated, so the
+                ensemble's head cosines are the mean of the networks' (its embedding is the
+                scaled concatenation of the networks' unit-norm embeddings).
+
+        Raises:
+            ConfigError: A count that does not match, or tensors that do not fit.
+        """
+        if config.members != len(networks):
+            raise ConfigError(f"config has {config.members} members, got {len(networks)} networks")
+        state: dict[str, Tensor] = {}
+        for i, net in enumerate(networks):
+            prefix = "" if i == 0 else _MEMBER_PREFIX.format(i - 1)
+            state.update({prefix + k: v for k, v in net.items()})
+        if head_weights is not None:
+            weights = [w.detach().cpu().float() for w in head_weights]
+            if len(weights) > 1:
+                weights = [F.normalize(w, dim=1) for w in weights]
+            state["head.weight"] = torch.cat(weights, dim=1)
+        model = cls(config, labels, species)
+        check_state_dict(model, state, f"{config.name} networks")
+        return model.eval()
 
 
-def _read_labels(path: Path) -> tuple[list[str], dict[str, str]]:
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("individual_ids"), list):
-        raise ConfigError(f"{path}: expected {{'individual_ids': [...], 'species': {{...}}}}")
-    species = data.get("species") or {}
-    if not isinstance(species, dict):
-        raise ConfigError(f"{path}: 'species' must be an object mapping id -> species")
-    return [str(x) for x in data["individual_ids"]], {str(k): str(v) for k, v in species.items()}
+def build_identifier(parts: IdentifierParts) -> Identifier:
+    """The identifier of some parts, every tensor checked against the architecture.
+
+    Raises:
+        ConfigError: Missing, unexpected or mis-shaped tensors (named), or an invalid
+            config.
+    """
+    model = Identifier(parts.config, parts.labels, dict(parts.species))
+    check_state_dict(model, parts.state, parts.where)
+    return model.eval()
 
 
 def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
@@ -518,7 +537,7 @@ class _Member(nn.Module):
 
 def _check_kinds(kinds: Sequence[EmbeddingKind]) -> tuple[EmbeddingKind, ...]:
     wanted = tuple(dict.fromkeys(kinds))
-    bad = [k for k in wanted if k not in ("embedding", "features")]
+    bad = [k for k in wanted if k not in EMBEDDING_KINDS]
     if bad or not wanted:
         raise ConfigError(f"kinds must be 'embedding' and/or 'features', got {list(kinds)!r}")
     return wanted

@@ -1,4 +1,4 @@
-"""Import the EcoMarineAI production checkpoint layout as an :class:`Identifier`.
+"""Read the EcoMarineAI production checkpoint layout as identifier parts.
 
 Layout (a folder or a Hub repository):
 
@@ -11,7 +11,9 @@ Layout (a folder or a Hub repository):
 
 Every checkpoint key is mapped, or reported (a dropped ImageNet classifier), or refused.
 ``torch.load`` runs with ``weights_only=True`` and ``np.load`` with
-``allow_pickle=False`` unless the caller passes ``allow_pickle=True``.
+``allow_pickle=False`` unless the caller passes ``allow_pickle=True``. The result is plain
+data (:class:`~ecomarine._parts.IdentifierParts`): the builder checks every tensor against
+the architecture.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import torch
 from torch import Tensor
 
 from . import hub
+from ._parts import IdentifierParts
 from .config import HeadConfig, IdentifierConfig, PreprocessConfig
 from .errors import ConfigError, DataError, UnsafeFileError, WeightsNotFoundError
-from .identifier import Identifier, check_state_dict
 
-__all__ = ["CHECKPOINT_NAME", "CLASSES_NAME", "SPECIES_NAME", "convert_legacy", "load_legacy"]
+__all__ = ["CHECKPOINT_NAME", "CLASSES_NAME", "SPECIES_NAME", "convert_legacy", "read_legacy"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ _PICKLE_HINT = (
 _DROPPED_PREFIXES = ("model.classifier.",)
 
 
-def load_legacy(location: hub.HubLocation, *, allow_pickle: bool = False) -> Identifier:
-    """Load the legacy files from ``location`` and convert them.
+def read_legacy(location: hub.HubLocation, *, allow_pickle: bool = False) -> IdentifierParts:
+    """Read the legacy files from ``location`` and convert them.
 
     Raises:
         WeightsNotFoundError: When neither format is present.
@@ -128,8 +130,8 @@ def convert_legacy(
     *,
     where: str = "checkpoint",
     backbone: str = LEGACY_BACKBONE,
-) -> Identifier:
-    """Map a legacy state dict onto a new :class:`Identifier`.
+) -> IdentifierParts:
+    """Map a legacy state dict onto the identifier's key names and config.
 
     Args:
         state: The checkpoint's state dict.
@@ -139,8 +141,9 @@ def convert_legacy(
         backbone: timm name of the backbone (``efficientnet_b4`` in production).
 
     Raises:
-        ConfigError: Unknown keys (named), missing tensors, or a label count that does not
-            match the head.
+        ConfigError: Unknown keys (named), missing legacy tensors, or a label count that
+            does not match the head. (Backbone tensors that do not fit are named by the
+            builder.)
     """
     for required in ("embedding.weight", "embedding.bias", "arc.weight"):
         if required not in state:
@@ -180,8 +183,6 @@ def convert_legacy(
         backbone_num_classes=0,
         name=f"ecomarineai-{backbone}",
     )
-    model = Identifier(config, labels, dict(species or {}))
-    check_state_dict(model, mapped, where)
     if dropped:
         logger.info("%s: dropped unused ImageNet classifier tensors %s", where, dropped)
-    return model
+    return IdentifierParts(config, mapped, tuple(labels), dict(species or {}), where)

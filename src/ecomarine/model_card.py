@@ -56,8 +56,8 @@ def identifier_card(model: Identifier, *, extra: str = "") -> str:
         f"- head: {head}",
         f"- input: {pp.height}x{pp.width} ({pp.resize}, {pp.interpolation}), "
         f"mean {list(pp.mean)}, std {list(pp.std)}",
-        f"- new-individual threshold: {cfg.new_individual_threshold} (embedding), "
-        f"{cfg.feature_new_individual_threshold} (features)",
+        f"- new-individual threshold: {cfg.threshold_for('embedding')} (embedding), "
+        f"{cfg.threshold_for('features')} (features)",
         "",
         f"Written by ecomarine {__version__}.",
         "",

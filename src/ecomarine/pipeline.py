@@ -13,24 +13,31 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from . import hub
 from ._atomic import atomic_write_text
 from ._memory import release_free_memory
+from ._pretrained import BUNDLED, PretrainedMixin
 from .config import PreprocessConfig, read_json
-from .errors import ConfigError, ImageTooLargeError, InvalidImageError
+from .errors import (
+    ConfigError,
+    GalleryError,
+    ImageTooLargeError,
+    InvalidImageError,
+    WeightsNotFoundError,
+)
 from .gallery import Gallery
-from .gate import Gate
-from .identifier import EmbeddingKind, Identifier
+from .gate import Gate, clip_gate
+from .hub import HubOptions
+from .identifier import Identifier
 from .io import ImageSource, describe_source
 from .transforms import (
     decode_pool,
@@ -40,9 +47,9 @@ from .transforms import (
     normalize_batch,
     resize_pixels,
 )
-from .types import Match, Prediction
+from .types import EmbeddingKind, Match, Prediction, embedding_kind
 
-__all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "Pipeline"]
+__all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "GateChoice", "Pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ PIPELINE_CONFIG = "pipeline.json"
 # Photos between returns of freed heap to the OS: often enough to keep a long run flat,
 # rarely enough that the next batch does not pay for faulting its buffers back in.
 _TRIM_EVERY = 64
+
+#: A pipeline's gate: a :class:`Gate`, a gate source (``"embedded"``, a folder, a Hub
+#: repo), ``None`` for the source's default, or ``False`` for no gate at all.
+GateChoice = Gate | str | os.PathLike[str] | Literal[False] | None
 
 
 @dataclass
@@ -68,8 +79,18 @@ class _Item:
     error: InvalidImageError | None = None
 
 
-class Pipeline:
+class Pipeline(PretrainedMixin):
     """Gate, identifier and an optional gallery, used together.
+
+    ``Pipeline.from_pretrained(name_or_dir=None, *, gallery=None, gate=None,
+    embedding_kind=None, ...)`` builds one from: ``None``, the production weights on the
+    Hub (the EcoMarineAI identifier and the OpenCLIP gate, fetched lazily);
+    ``"embedded"``, the bundled offline weights with the embedded gate; a folder written
+    by :meth:`save_pretrained`; or an identifier folder / Hub repo (with the embedded
+    gate). ``gallery`` attaches a gallery folder or object; ``gate`` overrides the gate
+    (see :data:`GateChoice`; ``False`` for none); ``embedding_kind`` is the gallery's kind
+    (default: the saved pipeline's, else ``"embedding"``). The Hub keywords are those of
+    :meth:`~ecomarine._pretrained.PretrainedMixin.from_pretrained`.
 
     Args:
         identifier: Makes the embeddings (and, with a head, closed-set candidates).
@@ -78,6 +99,9 @@ class Pipeline:
         embedding_kind: ``"embedding"`` (trained) or ``"features"`` (general).
         top_k: Candidates per prediction.
     """
+
+    default_source = None
+    push_message = "Upload ecomarine pipeline"
 
     def __init__(
         self,
@@ -99,70 +123,43 @@ class Pipeline:
     # --- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(
+    def _from_source(
         cls,
-        name_or_dir: str | os.PathLike[str] | None = None,
+        name_or_path: str | os.PathLike[str] | None,
+        options: HubOptions,
         *,
+        device: Any = None,
         gallery: str | os.PathLike[str] | Gallery | None = None,
-        gate: str | os.PathLike[str] | Gate | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        device: str | torch.device | None = None,
+        gate: GateChoice = None,
         embedding_kind: EmbeddingKind | None = None,
+        **kwargs: Any,
     ) -> Pipeline:
-        """Build a pipeline.
-
-        Args:
-            name_or_dir: ``None`` for the production weights on the Hub (the EcoMarineAI
-                identifier and the OpenCLIP gate, fetched lazily); ``"embedded"`` for the
-                bundled offline weights; a folder written by :meth:`save_pretrained`; or
-                an identifier folder / Hub repo (with the embedded gate).
-            gallery: A gallery folder or object to attach.
-            gate: Override the gate (``"embedded"``, a folder, a repo, or a :class:`Gate`).
-            revision: Hub revision.
-            cache_dir: Hub cache folder.
-            token: Hub token for private repositories.
-            local_files_only: Never touch the network (also ``HF_HUB_OFFLINE=1``).
-            device: Where to run; default: CUDA, then MPS, then CPU.
-            embedding_kind: Which embedding the gallery uses; default from the saved
-                pipeline, else ``"embedding"``.
-
-        Raises:
-            WeightsNotFoundError: Offline without a cached copy, or missing files.
-        """
-        kw: dict[str, Any] = {
-            "revision": revision,
-            "cache_dir": cache_dir,
-            "local_files_only": local_files_only,
-            "token": token,
-            "device": device,
-        }
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
         kind: EmbeddingKind = embedding_kind or "embedding"
-        gate_obj: Gate | None
-        if name_or_dir is None:
-            identifier = Identifier.from_pretrained(DEFAULT_MODEL, **kw)
-            gate_obj = _production_gate(cache_dir) if gate is None else _load_gate(gate, kw)
-        elif os.fspath(name_or_dir) == "embedded":
-            identifier = Identifier.from_pretrained("embedded", device=device)
-            gate_obj = _load_gate(gate or "embedded", kw)
+        default_gate: str | os.PathLike[str] | None = "embedded"
+        if name_or_path is None:
+            identifier_source: str | os.PathLike[str] = DEFAULT_MODEL
+            default_gate = None  # the production CLIP gate
+        elif isinstance(name_or_path, str) and name_or_path in BUNDLED:
+            identifier_source = name_or_path
+        elif (Path(os.fspath(name_or_path)) / PIPELINE_CONFIG).is_file():
+            saved = _read_pipeline_config(Path(os.fspath(name_or_path)))
+            identifier_source = saved.identifier
+            default_gate = saved.gate
+            kind = embedding_kind or saved.embedding_kind
+            if gallery is None and saved.gallery is not None:
+                gallery = saved.gallery
+            if saved.gate is None and gate is None:
+                gate = False  # saved without a gate
         else:
-            folder = Path(os.fspath(name_or_dir))
-            if (folder / PIPELINE_CONFIG).is_file():
-                cfg = read_json(folder / PIPELINE_CONFIG)
-                if not isinstance(cfg, dict):
-                    raise ConfigError(f"{folder / PIPELINE_CONFIG}: expected a JSON object")
-                identifier = Identifier.from_pretrained(
-                    _sub(folder, cfg.get("identifier", "identifier")), **kw
-                )
-                gate_obj = _load_gate(gate or _sub(folder, cfg.get("gate", "gate")), kw)
-                kind = embedding_kind or cfg.get("embedding_kind", "embedding")
-                if gallery is None and cfg.get("gallery"):
-                    gallery = folder / str(cfg["gallery"])
-            else:
-                identifier = Identifier.from_pretrained(name_or_dir, **kw)
-                gate_obj = _load_gate(gate or "embedded", kw)
+            identifier_source = name_or_path
+        identifier = Identifier.from_pretrained(
+            identifier_source,
+            **_hub_kwargs(options),
+            device=device,
+        )
+        gate_obj = _gate(gate, default_gate, options, device)
         gal: Gallery | None = None
         if isinstance(gallery, Gallery):
             gal = gallery
@@ -176,8 +173,6 @@ class Pipeline:
         Raises:
             GalleryError: When the gallery was built by another model or embedding kind.
         """
-        from .errors import GalleryError  # noqa: PLC0415
-
         expected = self.identifier.fingerprint(self.embedding_kind)
         if gallery.fingerprint not in (None, expected):
             raise GalleryError(
@@ -193,13 +188,32 @@ class Pipeline:
         self.gallery = gallery
 
     def new_gallery(self) -> Gallery:
-        """An empty gallery for this pipeline's identifier, with its shipped threshold."""
+        """An empty gallery for this pipeline's identifier.
+
+        It stores no threshold of its own: identifications use the model's calibrated one
+        (:attr:`new_individual_threshold`), also after the model is recalibrated.
+        """
         return Gallery(
             fingerprint=self.identifier.fingerprint(self.embedding_kind),
             embedding_kind=self.embedding_kind,
-            new_individual_threshold=self.identifier.threshold_for(self.embedding_kind),
             model_name=self.identifier.config.name,
         )
+
+    @property
+    def new_individual_threshold(self) -> float | None:
+        """The open-set threshold in force: the gallery's override, else the model's."""
+        if self.gallery is not None and self.gallery.new_individual_threshold is not None:
+            return self.gallery.new_individual_threshold
+        return self.identifier.threshold_for(self.embedding_kind)
+
+    @property
+    def threshold_source(self) -> str:
+        """Where :attr:`new_individual_threshold` comes from, in words."""
+        if self.gallery is not None and self.gallery.new_individual_threshold is not None:
+            return "the gallery's own calibration"
+        if self.identifier.threshold_for(self.embedding_kind) is not None:
+            return f"the model {self.identifier.config.name!r}"
+        return "none (the model has no calibrated threshold)"
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write ``pipeline.json`` with ``identifier/``, ``gate/`` and ``gallery/``."""
@@ -221,14 +235,6 @@ class Pipeline:
             cfg["gallery"] = "gallery"
         atomic_write_text(folder / PIPELINE_CONFIG, json.dumps(cfg, indent=2) + "\n")
         return folder
-
-    def push_to_hub(
-        self, repo_id: str, *, token: str | None = None, private: bool | None = None
-    ) -> str:
-        """Save to a temporary folder and upload it; return the commit URL."""
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return hub.upload_folder(Path(tmp), repo_id, token=token, private=private)
 
     # --- catalogue ----------------------------------------------------------------------
 
@@ -356,47 +362,44 @@ class Pipeline:
             emb = self.identifier.embed_tensor(batch, self.embedding_kind)
             for it, pred in zip(accepted, self._identify(emb, accepted, gate_scores), strict=True):
                 answers[it.index] = pred
-        model_id = self.identifier.config.name
         for it in items:
             if it.index in answers:
                 yield answers[it.index]
             elif it.error is not None:
-                reason = (
-                    "image_too_large"
-                    if isinstance(it.error, ImageTooLargeError)
-                    else "unreadable_image"
-                )
-                yield Prediction(
-                    source=it.source,
+                too_large = isinstance(it.error, ImageTooLargeError)
+                yield self._prediction(
+                    it,
                     is_cetacean=False,
                     gate_score=None,
-                    rejection_reason=reason,
+                    rejection_reason="image_too_large" if too_large else "unreadable_image",
                     error=str(it.error),
-                    sha256=it.sha256,
-                    model_id=model_id,
                 )
             else:
-                yield Prediction(
-                    source=it.source,
+                yield self._prediction(
+                    it,
                     is_cetacean=False,
                     gate_score=gate_scores.get(it.index),
                     rejection_reason="not_cetacean",
-                    sha256=it.sha256,
-                    model_id=model_id,
                 )
+
+    def _prediction(self, item: _Item, **fields: Any) -> Prediction:
+        """The one place a :class:`Prediction` is made: the photo's own fields, plus ``fields``."""
+        return Prediction(
+            source=item.source, sha256=item.sha256, model_id=self.identifier.config.name, **fields
+        )
 
     def _identify(
         self, emb: torch.Tensor, items: list[_Item], gate_scores: dict[int, float]
     ) -> list[Prediction]:
-        model_id = self.identifier.config.name
         out: list[Prediction] = []
         if self.gallery is not None and len(self.gallery):
-            for it, ans in zip(
-                items, self.gallery.identify(emb.cpu().numpy(), self.top_k), strict=True
-            ):
+            answers = self.gallery.identify(
+                emb.cpu().numpy(), self.top_k, threshold=self.new_individual_threshold
+            )
+            for it, ans in zip(items, answers, strict=True):
                 out.append(
-                    Prediction(
-                        source=it.source,
+                    self._prediction(
+                        it,
                         is_cetacean=True,
                         gate_score=gate_scores.get(it.index),
                         species=ans.species,
@@ -405,8 +408,6 @@ class Pipeline:
                         is_new_individual=ans.is_new_individual,
                         candidates=ans.candidates,
                         new_individual_threshold=ans.threshold,
-                        sha256=it.sha256,
-                        model_id=model_id,
                     )
                 )
             return out
@@ -416,16 +417,14 @@ class Pipeline:
         for it, cands in zip(items, ranked, strict=True):
             best = cands[0] if cands else None
             out.append(
-                Prediction(
-                    source=it.source,
+                self._prediction(
+                    it,
                     is_cetacean=True,
                     gate_score=gate_scores.get(it.index),
                     species=best.species if best else None,
                     species_score=best.score if best and best.species else None,
                     individual_id=best.individual_id if best else None,
                     candidates=tuple(cands),
-                    sha256=it.sha256,
-                    model_id=model_id,
                 )
             )
         return out
@@ -451,25 +450,80 @@ def _read_file(path: Path, name: str) -> bytes:
         raise InvalidImageError(name, f"cannot open file ({exc.strerror or exc})") from exc
 
 
-def _sub(folder: Path, value: object) -> str:
-    text = str(value)
-    return text if text == "embedded" else str(folder / text)
+@dataclass(frozen=True)
+class _SavedPipeline:
+    """``pipeline.json``: where the parts of a saved pipeline are."""
+
+    identifier: str
+    gate: str | None
+    gallery: Path | None
+    embedding_kind: EmbeddingKind
 
 
-def _load_gate(gate: str | os.PathLike[str] | Gate | None, kw: dict[str, Any]) -> Gate | None:
-    if gate is None or isinstance(gate, Gate):
-        return gate
-    if os.fspath(gate) == "None":
+def _read_pipeline_config(folder: Path) -> _SavedPipeline:
+    path = folder / PIPELINE_CONFIG
+    cfg = read_json(path)
+    if not isinstance(cfg, dict) or cfg.get("format_version") != 1:
+        raise ConfigError(f"{path}: expected a JSON object with format_version 1")
+    unknown = sorted(
+        set(cfg) - {"format_version", "identifier", "gate", "gallery", "embedding_kind"}
+    )
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}")
+    gallery = _part(folder, cfg.get("gallery"), path, "gallery")
+    gate = cfg.get("gate")
+    return _SavedPipeline(
+        identifier=_part(folder, cfg.get("identifier", "identifier"), path, "identifier") or "",
+        gate=None if gate is None else _part(folder, gate, path, "gate"),
+        gallery=None if gallery is None else Path(gallery),
+        embedding_kind=embedding_kind(
+            cfg.get("embedding_kind", "embedding"), f"{path}: embedding_kind"
+        ),
+    )
+
+
+def _part(folder: Path, value: object, where: Path, key: str) -> str | None:
+    """A part's folder: a bundled name, or a subfolder of the pipeline folder (never outside)."""
+    if value is None:
         return None
-    return Gate.from_pretrained(gate, **kw)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key!r} must be a folder name or null")
+    if value in BUNDLED:
+        return value
+    relative = Path(value)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ConfigError(f"{where}: {key!r} must name a folder inside {folder}, got {value!r}")
+    return str(folder / relative)
+
+
+def _hub_kwargs(options: HubOptions) -> dict[str, Any]:
+    return {
+        "revision": options.revision,
+        "cache_dir": options.cache_dir,
+        "local_files_only": options.local_files_only,
+        "token": options.token,
+    }
+
+
+def _gate(
+    choice: GateChoice,
+    default: str | os.PathLike[str] | None,
+    options: HubOptions,
+    device: Any,
+) -> Gate | None:
+    """The pipeline's gate: the caller's choice, else the source's default."""
+    if choice is False:
+        return None
+    if isinstance(choice, Gate):
+        return choice
+    name = choice if choice is not None else default
+    if name is None:
+        return _production_gate(options.cache_dir)
+    return Gate.from_pretrained(name, **_hub_kwargs(options), device=device)
 
 
 def _production_gate(cache_dir: str | os.PathLike[str] | None) -> Gate:
-    from ._gate_clip import clip_gate  # noqa: PLC0415
-
     if hub.is_offline():
-        from .errors import WeightsNotFoundError  # noqa: PLC0415
-
         raise WeightsNotFoundError(
             "the production CLIP gate is downloaded from the Hub, which is offline "
             '(HF_HUB_OFFLINE); use Pipeline.from_pretrained("embedded")'

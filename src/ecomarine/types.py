@@ -10,16 +10,37 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 __all__ = [
+    "EMBEDDING_KINDS",
     "REJECTION_REASONS",
+    "EmbeddingKind",
     "GateResult",
     "Match",
     "Prediction",
+    "embedding_kind",
 ]
+
+#: ``"embedding"``: the trained (neck) embedding; ``"features"``: the backbone's general
+#: pooled features, which transfer better to species the model was not trained on.
+EmbeddingKind = Literal["embedding", "features"]
+EMBEDDING_KINDS: Final[tuple[EmbeddingKind, ...]] = get_args(EmbeddingKind)
+
+
+def embedding_kind(value: object, where: str = "embedding kind") -> EmbeddingKind:
+    """``value`` as an :data:`EmbeddingKind`, checked (for values read from files or options).
+
+    Raises:
+        ConfigError: When it is not one of :data:`EMBEDDING_KINDS`.
+    """
+    for kind in EMBEDDING_KINDS:
+        if value == kind:
+            return kind
+    raise ConfigError(f"{where} must be one of {', '.join(EMBEDDING_KINDS)}; got {value!r}")
+
 
 #: Why a photo was not identified. ``None`` on a prediction means it was accepted.
 REJECTION_REASONS: Final = (

@@ -7,16 +7,20 @@ import glob
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .._atomic import atomic_write_text
-from ..types import Prediction
+from ..types import EMBEDDING_KINDS, EmbeddingKind, Prediction, embedding_kind
+
+if TYPE_CHECKING:
+    from ..pipeline import GateChoice
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 IMAGE_SUFFIXES = {
     ".jpg",
@@ -30,6 +34,31 @@ IMAGE_SUFFIXES = {
     ".heic",
     ".heif",
 }
+
+
+def kind_option(
+    help_text: str = "Which vectors: trained embedding or general features.",
+) -> Callable[[_F], _F]:
+    """The ``--kind`` option, typed as :data:`~ecomarine.types.EmbeddingKind`."""
+
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str) -> EmbeddingKind:
+        return embedding_kind(value)
+
+    return click.option(
+        "--kind",
+        type=click.Choice(EMBEDDING_KINDS),
+        default="embedding",
+        show_default=True,
+        callback=convert,
+        help=help_text,
+    )
+
+
+def gate_choice(value: str | None) -> GateChoice:
+    """A ``--gate`` value as the pipeline takes it: ``none`` means no gate."""
+    if value is not None and value.lower() == "none":
+        return False
+    return value
 
 
 def expand_inputs(paths: Sequence[str]) -> list[Path]:

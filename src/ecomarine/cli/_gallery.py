@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..index import INDEX_KINDS
+from ..index import INDEX_KINDS, IndexKind
+from ..types import EmbeddingKind
 from ._app import cli
-from ._common import fmt, table
+from ._common import fmt, kind_option, table
 
 
 @cli.group()
@@ -17,8 +18,8 @@ def gallery() -> None:
 
 
 def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size: int) -> int:
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
-    from ..training.data import read_catalog_csv  # noqa: PLC0415
 
     assert isinstance(pipe, Pipeline)
     samples = read_catalog_csv(csv_path, images)
@@ -48,9 +49,7 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", default="embedded", show_default=True)
-@click.option(
-    "--kind", type=click.Choice(["embedding", "features"]), default="embedding", show_default=True
-)
+@kind_option()
 @click.option(
     "--calibrate/--no-calibrate",
     default=False,
@@ -70,18 +69,18 @@ def build(
     images: Path | None,
     out: Path,
     model: str,
-    kind: str,
+    kind: EmbeddingKind,
     calibrate: bool,
-    index_kind: str,
+    index_kind: IndexKind,
     batch_size: int,
 ) -> None:
     """Embed a labelled catalogue into a new gallery."""
     from ..pipeline import Pipeline  # noqa: PLC0415
 
-    pipe = Pipeline.from_pretrained(model, gate="None", embedding_kind=kind)  # type: ignore[arg-type]
+    pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=kind)
     n = _embed_catalog(pipe, csv_path, images, batch_size)
     assert pipe.gallery is not None
-    pipe.gallery.use_index(index_kind)  # type: ignore[arg-type]
+    pipe.gallery.use_index(index_kind)
     if calibrate:
         report = pipe.gallery.calibrate_new_individual()
         click.echo(
@@ -107,7 +106,7 @@ def add(
     from ..pipeline import Pipeline  # noqa: PLC0415
 
     with Gallery.update(gallery_dir) as existing:  # one lock across load, add and save
-        pipe = Pipeline.from_pretrained(model, gate="None", embedding_kind=existing.embedding_kind)  # type: ignore[arg-type]
+        pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=existing.embedding_kind)
         pipe.attach_gallery(existing)
         n = _embed_catalog(pipe, csv_path, images, batch_size)
     click.echo(
@@ -136,7 +135,12 @@ def info(gallery_dir: Path) -> None:
                 ("index", g.index_kind),
                 ("model", g.model_name or "?"),
                 ("fingerprint", g.fingerprint or "?"),
-                ("new-individual threshold", fmt(g.new_individual_threshold)),
+                (
+                    "new-individual threshold",
+                    fmt(g.new_individual_threshold)
+                    if g.new_individual_threshold is not None
+                    else "the model's (no override)",
+                ),
                 ("most photographed", ", ".join(f"{k} ({v})" for k, v in per.most_common(5))),
             ],
             ["property", "value"],

@@ -24,7 +24,7 @@ def _load(name: str) -> Any:
     from ..gate import Gate  # noqa: PLC0415
 
     if name == "clip":
-        from .._gate_clip import clip_gate  # noqa: PLC0415
+        from ..gate import clip_gate  # noqa: PLC0415
 
         return clip_gate()
     return Gate.from_pretrained(name)

@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from ._app import cli
-from ._common import expand_inputs, fmt, progress, table, verdict, write_predictions
+from ._common import (
+    expand_inputs,
+    fmt,
+    gate_choice,
+    progress,
+    table,
+    verdict,
+    write_predictions,
+)
 
 
 @cli.command()
@@ -29,7 +37,7 @@ from ._common import expand_inputs, fmt, progress, table, verdict, write_predict
     "--gate",
     "gate_name",
     default=None,
-    help='Gate override: "embedded", a folder, a repo id, or "None".',
+    help='Gate override: "embedded", a folder, a repo id, or "none".',
 )
 @click.option(
     "--output",
@@ -61,7 +69,7 @@ def identify(
     files = expand_inputs(paths)
     if not files:
         raise click.BadParameter("no image files found", param_hint="PATHS")
-    pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_name)
+    pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_choice(gate_name))
     pipe.top_k = top_k
     preds = list(
         progress(
@@ -110,8 +118,8 @@ def _examples_dir() -> Path:
 @cli.command()
 def demo() -> None:
     """Offline demo: build a gallery of 12 belugas and identify held-out photos."""
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
-    from ..training.data import read_catalog_csv  # noqa: PLC0415
 
     root = _examples_dir()
     belugas = root / "belugas"
@@ -166,7 +174,7 @@ def demo() -> None:
     click.echo(
         table(rows, ["photo", "truth", "best match", "score", "open-set verdict", "correct"])
     )
-    threshold = pipe.gallery.new_individual_threshold
+    threshold = pipe.new_individual_threshold
     click.echo(
         f"\nBest match right for {right} of {len(truth)} belugas; the non-cetacean photo was {'rejected by the gate' if rows[-1][-1] == 'yes' else 'NOT rejected'}."
     )

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from .._atomic import atomic_write_text
+from ..types import EmbeddingKind
 from ._app import cli
+from ._common import kind_option
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -238,9 +240,7 @@ def train(
 @click.option(
     "--threshold", type=click.FloatRange(-1, 1), default=None, help="Use this open-set threshold."
 )
-@click.option(
-    "--kind", type=click.Choice(["embedding", "features"]), default="embedding", show_default=True
-)
+@kind_option()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
@@ -251,22 +251,22 @@ def evaluate(
     images: str,
     threshold_from: str | None,
     threshold: float | None,
-    kind: str,
+    kind: EmbeddingKind,
     json_out: Path | None,
     md_out: Path | None,
     batch_size: int,
 ) -> None:
     """Open-set evaluation: MAP@5 with new_individual, top-1/5, ROC-AUC, mAP."""
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..evaluation import evaluate_open_set, report_markdown  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
-    from ..training.data import read_catalog_csv  # noqa: PLC0415
 
     ident = Identifier.from_pretrained(model)
     report = evaluate_open_set(
         ident,
         read_catalog_csv(gallery_csv, images),
         read_catalog_csv(query_csv, images),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         threshold=threshold,
         calibration_samples=read_catalog_csv(threshold_from, images) if threshold_from else None,
         batch_size=batch_size,
@@ -315,9 +315,9 @@ def ensemble(
     """
     import torch  # noqa: PLC0415
 
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..ensemble import build_ensemble, ensemble_card  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
-    from ..training.data import read_catalog_csv  # noqa: PLC0415
 
     train_samples = calibration_samples = None
     if calibration_csv:
@@ -391,8 +391,9 @@ def calibrate(
     Both kinds (trained embedding and general features) are calibrated through the
     inference path; config.json gets the thresholds and the model card a record.
     """
+    from ..calibration import calibrate_identifier  # noqa: PLC0415
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
-    from ..training import calibrate_identifier, read_catalog_csv  # noqa: PLC0415
     from ..training.recalibrate import write_calibration  # noqa: PLC0415
 
     train_samples = read_catalog_csv(csv_path, images)

@@ -1,5 +1,11 @@
-"""Training on your own catalogue: CSV datasets, samplers, the ArcFace loop, export."""
+"""Training on your own catalogue: CSV datasets, samplers, the ArcFace loop, export.
 
+Catalogue reading (:mod:`ecomarine.catalog`) and calibration
+(:func:`ecomarine.calibration.calibrate_identifier`) belong to the library and are
+re-exported here; nothing in the library imports this package.
+"""
+
+from ..calibration import calibrate_identifier
 from .data import (
     AugmentConfig,
     CatalogImages,
@@ -19,7 +25,6 @@ from .loop import (
     TrainConfig,
     TrainResult,
     build_model,
-    calibrate_identifier,
     embed_catalog,
     train,
 )

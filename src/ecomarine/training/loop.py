@@ -23,11 +23,15 @@ from torch import nn
 
 from .._atomic import atomic_write_bytes, atomic_write_text
 from .._device import conv_layout, resolve_device
+from ..calibration import calibrate_identifier
 from ..config import HeadConfig, IdentifierConfig, PreprocessConfig
 from ..errors import ConfigError, DataError, WeightsNotFoundError
 from ..heads import dynamic_margins
-from ..identifier import EmbeddingKind, Identifier
+from ..identifier import Identifier
+from ..metrics import known_top_k_accuracy
 from ..model_card import calibration_section, identifier_card
+from ..search import rank_labelled
+from ..types import EmbeddingKind
 from .data import (
     AugmentConfig,
     CatalogImages,
@@ -47,7 +51,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
-    "calibrate_identifier",
     "embed_catalog",
     "train",
 ]
@@ -214,22 +217,18 @@ def _search_metrics(
     gallery_samples: Sequence[Sample],
     queries: np.ndarray[Any, Any],
     query_samples: Sequence[Sample],
-) -> tuple[dict[str, float], list[list[Any]], list[str]]:
-    """Search labelled query vectors in labelled gallery vectors: top-1/top-5 and matches."""
-    from ..gallery import search_labelled  # noqa: PLC0415
-    from ..metrics import known_top_k_accuracy  # noqa: PLC0415
-
-    cands, truths = search_labelled(
+) -> dict[str, float]:
+    """Top-1/top-5 of labelled query vectors searched among labelled gallery vectors."""
+    cands, truths = rank_labelled(
         gallery,
         [s.individual_id for s in gallery_samples],
         queries,
         [s.individual_id for s in query_samples],
     )
-    metrics = {
+    return {
         "top1": known_top_k_accuracy(cands, truths, 1),
         "top5": known_top_k_accuracy(cands, truths, 5),
     }
-    return metrics, cands, truths
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -338,7 +337,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             seen / max(1e-9, time.perf_counter() - t0),
         )
         if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            metrics, _, _ = _search_metrics(
+            metrics = _search_metrics(
                 embed_catalog(model, train_images),
                 train_images.samples,
                 embed_catalog(model, val_images),
@@ -414,56 +413,6 @@ def _distillation(
     if cfg.distill_similarity > 0:
         loss = loss + cfg.distill_similarity * similarity_distillation_loss(emb, target_emb)
     return loss
-
-
-def calibrate_identifier(
-    model: Identifier,
-    samples: Sequence[Sample],
-    calib: Sequence[Sample],
-    *,
-    new_fraction: float | None = None,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Choose and set each kind's open-set threshold on held-out queries.
-
-    The held-out queries are searched among the training images. Both sets are embedded
-    through the inference path (``Identifier.embed`` on the files), not a training
-    cache: a threshold must be chosen on the similarities it will be compared with. The
-    chosen thresholds are written into ``model.config`` (``new_individual_threshold``
-    and ``feature_new_individual_threshold``).
-
-    Args:
-        model: The identifier (single network or ensemble); its config is updated.
-        samples: The gallery side: the images the model was trained on.
-        calib: Held-out queries (never trained on); individuals absent from ``samples``
-            count as new.
-        new_fraction: Share of new individuals expected among future queries (see
-            :func:`~ecomarine.calibration.choose_new_individual_threshold`).
-        workers: Decode threads.
-
-    Returns:
-        ``{"n_queries": N, "embedding": {...}, "features": {...}}``; each kind holds the
-        chosen ``threshold``, its weighted ``map5``, ``roc_auc``, ``top1`` and ``top5``.
-    """
-    from ..calibration import choose_new_individual_threshold  # noqa: PLC0415
-
-    out: dict[str, Any] = {"n_queries": len(calib)}
-    kinds: tuple[EmbeddingKind, ...] = ("embedding", "features")
-    # One decode and backbone pass per photo gives both kinds.
-    gallery, queries = (
-        model.embed_kinds([s.path for s in part], kinds=kinds, batch_size=64, num_workers=workers)
-        for part in (samples, calib)
-    )
-    for kind in kinds:
-        metrics, cands, truths = _search_metrics(gallery[kind], samples, queries[kind], calib)
-        chosen = choose_new_individual_threshold(cands, truths, new_fraction=new_fraction)
-        out[kind] = {**chosen.to_dict(), **metrics}
-        logger.info("calibration (%s): %s", kind, out[kind])
-    model.config = model.config.replace(
-        new_individual_threshold=out["embedding"]["threshold"],
-        feature_new_individual_threshold=out["features"]["threshold"],
-    )
-    return out
 
 
 def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
