@@ -29,7 +29,7 @@ from pathlib import Path
 
 from beluga_data import prepare, season_turnover
 
-from ecomarine.training import TrainConfig, train
+from ecomarine.training import AugmentConfig, TrainConfig, train
 
 
 def main() -> None:
@@ -74,9 +74,7 @@ def main() -> None:
             lr=1e-3,
             backbone_lr=3e-4,
             warmup_epochs=1.0,
-            rotate=args.rotate,
-            zoom=args.zoom,
-            erase=args.erase,
+            augment=AugmentConfig(rotate=args.rotate, zoom=args.zoom, erase=args.erase),
             calibration_csv=None if args.no_calibrate else str(args.splits / "calibration.csv"),
             calibration_new_fraction=turnover,
             val_csv=str(args.splits / "calibration.csv") if args.no_calibrate else None,

@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .._atomic import atomic_write_text
+from ..training.config import TrainConfig
 from ..types import EmbeddingKind
 from ._app import cli
 from ._common import kind_option
-
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in value.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected HxW such as 256x96, got {value!r}") from exc
-    return h, w
-
+from ._options import build_dataclass, dataclass_options
 
 # Shared by the commands that calibrate open-set thresholds.
 _new_fraction = click.option(
@@ -42,184 +36,22 @@ def _command(parts: list[str], options: dict[str, object]) -> str:
 
 
 @cli.command()
+@dataclass_options(TrainConfig)
 @click.option(
-    "--csv",
-    "csv_path",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="image,individual_id[,species,encounter,date]",
+    "--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit."
 )
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--backbone",
-    default="embedded",
-    show_default=True,
-    help='"embedded" (offline Lite0) or any timm name.',
-)
-@click.option("--pretrained/--no-pretrained", default=True, show_default=True)
-@click.option("--input-size", default="256x96", show_default=True, help="HxW")
-@click.option("--embedding-size", default=512, show_default=True, type=click.IntRange(8, 8192))
-@click.option(
-    "--head", type=click.Choice(["arcface", "subcenter"]), default="arcface", show_default=True
-)
-@click.option("--dynamic-margin", is_flag=True, help="Per-class margins from class frequency.")
-@click.option(
-    "--s", "scale", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True)
-)
-@click.option("--m", "margin", default=0.5, show_default=True, type=click.FloatRange(0, 1.5))
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option(
-    "--backbone-lr",
-    default=None,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Default: lr / 10.",
-)
-@click.option(
-    "--sampler", type=click.Choice(["random", "identity"]), default="random", show_default=True
-)
-@click.option(
-    "--hflip/--no-hflip", default=False, help="Horizontal flips (swap left/right markings!)."
-)
-@click.option(
-    "--rotate",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 180),
-    help="Random rotation, at most this many degrees.",
-)
-@click.option(
-    "--zoom",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Random zoom in or out by up to this fraction.",
-)
-@click.option(
-    "--erase",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Probability of random erasing (one rectangle per image).",
-)
-@click.option(
-    "--teacher",
-    multiple=True,
-    help="Distil this trained identifier (repeat: an ensemble of them) into the new one.",
-)
-@click.option(
-    "--distill-weight",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Weight of the teacher's class distribution (needs its head).",
-)
-@click.option(
-    "--distill-temperature",
-    default=4.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-)
-@click.option(
-    "--distill-similarity",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Weight of the teacher's similarities between the photos of a batch.",
-)
-@click.option("--val-csv", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--calibration-csv",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Held-out queries for the open-set threshold.",
-)
-@click.option(
-    "--calibration-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 0.9)
-)
-@click.option(
-    "--resume",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A checkpoint (out/checkpoints/last.pt).",
-)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default=None, help="cpu, cuda, mps (default: best available).")
-@click.option("--name", default="custom", show_default=True)
-def train(
-    csv_path: str,
-    images: str,
-    out: str,
-    backbone: str,
-    pretrained: bool,
-    input_size: str,
-    embedding_size: int,
-    head: str,
-    dynamic_margin: bool,
-    scale: float,
-    margin: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    backbone_lr: float | None,
-    sampler: str,
-    hflip: bool,
-    rotate: float,
-    zoom: float,
-    erase: float,
-    teacher: tuple[str, ...],
-    distill_weight: float,
-    distill_temperature: float,
-    distill_similarity: float,
-    val_csv: str | None,
-    calibration_csv: str | None,
-    calibration_fraction: float,
-    resume: str | None,
-    seed: int,
-    device: str | None,
-    name: str,
-) -> None:
+def train(print_config: bool, **values: Any) -> None:
     """Train an identifier (ArcFace) on a labelled catalogue."""
-    from ..training import TrainConfig  # noqa: PLC0415
-    from ..training import train as run  # noqa: PLC0415
+    cfg = build_dataclass(TrainConfig, values)
+    if print_config:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    from ..training import train as run  # noqa: PLC0415 - loads torch and the loop
 
     logging.getLogger("ecomarine").setLevel(logging.INFO)
-    cfg = TrainConfig(
-        csv=csv_path,
-        images=images,
-        out=out,
-        backbone=backbone,
-        pretrained=pretrained,
-        input_size=_size(input_size),
-        embedding_size=embedding_size,
-        head=head,
-        dynamic_margin=dynamic_margin,
-        s=scale,
-        m=margin,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        backbone_lr=backbone_lr,
-        sampler=sampler,
-        hflip=hflip,
-        rotate=rotate,
-        zoom=zoom,
-        erase=erase,
-        teacher=teacher,
-        distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
-        distill_similarity=distill_similarity,
-        val_csv=val_csv,
-        calibration_csv=calibration_csv,
-        calibration_fraction=calibration_fraction,
-        resume=resume,
-        seed=seed,
-        device=device,
-        name=name,
-    )
     result = run(cfg)
     click.echo(
-        f"trained {epochs} epochs in {result.seconds / 60:.1f} min; final loss {result.losses[-1]:.4f}"
+        f"trained {cfg.epochs} epochs in {result.seconds / 60:.1f} min; final loss {result.losses[-1]:.4f}"
     )
     if result.calibration:
         c = result.calibration["embedding"]

@@ -9,7 +9,6 @@ import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..config import PreprocessConfig
 from ..errors import DataError, InvalidImageError
 from ..io import load_image
 from ..transforms import thread_map
+from .config import AugmentConfig
 
 __all__ = [
     "AugmentConfig",
@@ -35,47 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Identity-preserving augmentation.
-
-    Flips are off by default: mirroring a flank or a back swaps left and right markings,
-    which makes a different-looking animal.
-
-    Attributes:
-        pad: Fraction of extra border decoded around the input (random crops shift the
-            animal by up to this much).
-        brightness: Maximum relative brightness change. contrast: Same, for contrast.
-        hflip: Random horizontal flips. vflip: Random vertical flips.
-        rotate: Maximum rotation in degrees (0 = none).
-        zoom: Maximum relative zoom in or out (0.15 = 0.87x to 1.15x; 0 = none).
-        erase: Probability of blanking one random rectangle (2-20 % of the input) per
-            image, so that no single mark can carry an identity.
-    """
-
-    pad: float = 0.08
-    brightness: float = 0.2
-    contrast: float = 0.2
-    hflip: bool = False
-    vflip: bool = False
-    rotate: float = 0.0
-    zoom: float = 0.0
-    erase: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.pad < 1.0 or not 0.0 <= self.zoom < 1.0:
-            raise DataError("pad and zoom must be in [0, 1)")
-        if not 0.0 <= self.rotate <= 180.0:
-            raise DataError("rotate must be in [0, 180] degrees")
-        if not 0.0 <= self.erase <= 1.0:
-            raise DataError("erase is a probability in [0, 1]")
-
-    @property
-    def geometric(self) -> bool:
-        """Whether rotation or zoom is on (they need resampling, not just a crop)."""
-        return self.rotate > 0 or self.zoom > 0
 
 
 def cache_view(path: Path, pp: PreprocessConfig, pad: float) -> Image.Image:

@@ -7,12 +7,11 @@ import json
 import logging
 import math
 import random
-import shlex
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from ..metrics import known_top_k_accuracy
 from ..model_card import calibration_section, identifier_card
 from ..search import rank_labelled
 from ..types import EmbeddingKind
+from .config import EMBEDDED_BACKBONE, TrainConfig
 from .data import (
-    AugmentConfig,
     CatalogImages,
     IdentitySampler,
     Sample,
@@ -56,74 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``--backbone embedded``: timm's Lite0 initialised from the shipped ImageNet weights.
-EMBEDDED_BACKBONE = "embedded"
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``ecomarine train`` takes; saved with checkpoints and in the model card."""
-
-    csv: str
-    images: str
-    out: str
-    backbone: str = EMBEDDED_BACKBONE
-    pretrained: bool = True
-    input_size: tuple[int, int] = (256, 96)
-    embedding_size: int = 512
-    pooling: str = "gem"
-    head: str = "arcface"
-    subcenter_k: int = 3
-    dynamic_margin: bool = False
-    s: float = 30.0
-    m: float = 0.5
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr: float | None = None
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    grad_clip: float = 5.0
-    sampler: str = "random"
-    images_per_id: int = 2
-    hflip: bool = False
-    vflip: bool = False
-    rotate: float = 0.0
-    zoom: float = 0.0
-    erase: float = 0.0
-    teacher: tuple[str, ...] = ()
-    distill_weight: float = 1.0
-    distill_temperature: float = 4.0
-    distill_similarity: float = 0.0
-    val_csv: str | None = None
-    val_every: int = 1
-    calibration_csv: str | None = None
-    calibration_fraction: float = 0.0
-    calibration_new_fraction: float | None = None
-    resume: str | None = None
-    seed: int = 0
-    device: str | None = None
-    workers: int = 2
-    name: str = "custom"
-    command: str = field(default_factory=lambda: shlex.join(["ecomarine", *sys.argv[1:]]))
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError("epochs must be >= 1 and batch_size >= 2")
-        if self.head not in ("arcface", "subcenter"):
-            raise ConfigError("head must be 'arcface' or 'subcenter'")
-        if self.sampler not in ("random", "identity"):
-            raise ConfigError("sampler must be 'random' or 'identity'")
-        if self.lr <= 0:
-            raise ConfigError("lr must be positive")
-        self.teacher = tuple(self.teacher)
-        if self.distill_weight < 0 or self.distill_similarity < 0:
-            raise ConfigError("distillation weights must be >= 0")
-        if self.distill_temperature <= 0:
-            raise ConfigError("distill_temperature must be positive")
-        if self.teacher and self.distill_weight == 0 and self.distill_similarity == 0:
-            raise ConfigError("a teacher needs distill_weight > 0 or distill_similarity > 0")
 
 
 @dataclass
@@ -260,9 +191,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         margins = dynamic_margins([counts[i] for i in range(len(labels))], m_max=cfg.m)
         model.head.class_margins = margins.to(device)
     pp = model.config.preprocess
-    augment = AugmentConfig(
-        hflip=cfg.hflip, vflip=cfg.vflip, rotate=cfg.rotate, zoom=cfg.zoom, erase=cfg.erase
-    )
+    augment = cfg.augment
     logger.info("decoding %d training images", len(samples))
     train_images = CatalogImages(samples, pp, augment, workers=cfg.workers)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
@@ -377,7 +306,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         out / "training.json",
         json.dumps(
             {
-                "config": _cfg_dict(cfg),
+                "config": cfg.to_dict(),
                 "losses": losses,
                 "validation": validation,
                 "calibration": calibration,
@@ -415,12 +344,6 @@ def _distillation(
     return loss
 
 
-def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
-    data = asdict(cfg)
-    data["input_size"] = list(cfg.input_size)
-    return data
-
-
 def _progress(total: int, desc: str) -> Any:
     if not sys.stderr.isatty():
         return None
@@ -443,7 +366,7 @@ def _save_checkpoint(
 ) -> None:
     state = {
         "format": "ecomarine-train-checkpoint-1",
-        "config": json.dumps(_cfg_dict(cfg)),
+        "config": json.dumps(cfg.to_dict()),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
