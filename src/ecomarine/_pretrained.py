@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from . import hub
 from .hub import HubLocation, HubOptions
 
-__all__ = ["BUNDLED", "Bundled", "PretrainedMixin", "Source", "resolve_source"]
+__all__ = ["BUNDLED", "Bundled", "LoadRequest", "PretrainedMixin", "Source", "resolve_source"]
 
 BundledName = Literal["embedded", "embedded-imagenet"]
 #: Names of the weights that ship inside the package (checked before any folder or repo).
@@ -54,6 +54,25 @@ def resolve_source(name_or_path: str | os.PathLike[str], options: HubOptions) ->
     return hub.parse_location(name_or_path, options)
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """What ``from_pretrained`` was asked for, handed to the class's ``_from_source``.
+
+    Attributes:
+        name_or_path: The name, folder or repo id (``None``: the class's default).
+        options: The Hub keyword arguments.
+        device: Where to put the model (``None``: the best available).
+    """
+
+    name_or_path: str | os.PathLike[str] | None
+    options: HubOptions
+    device: Any = None
+
+    def source(self) -> Source:
+        """The bundled weights, folder or Hub repository asked for."""
+        return resolve_source(self.name_or_path or "embedded", self.options)
+
+
 class PretrainedMixin:
     """``save_pretrained``, ``from_pretrained`` and ``push_to_hub`` as one pair and a push.
 
@@ -70,14 +89,8 @@ class PretrainedMixin:
         raise NotImplementedError
 
     @classmethod
-    def _from_source(
-        cls: type[_T],
-        name_or_path: str | os.PathLike[str] | None,
-        options: HubOptions,
-        *,
-        device: Any = None,
-        **kwargs: Any,
-    ) -> _T:
+    def _from_source(cls: type[_T], request: LoadRequest) -> _T:
+        """Build from a request; subclasses add their own keyword arguments."""
         raise NotImplementedError
 
     @classmethod
@@ -114,7 +127,7 @@ class PretrainedMixin:
         """
         options = HubOptions(revision, cache_dir, local_files_only, token)
         name = cls.default_source if name_or_path is None else name_or_path
-        return cls._from_source(name, options, device=device, **kwargs)
+        return cls._from_source(LoadRequest(name, options, device), **kwargs)
 
     def push_to_hub(
         self,

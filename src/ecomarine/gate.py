@@ -40,10 +40,9 @@ from ._gate_base import (
     GateConfig,
 )
 from ._parts import GateParts
-from ._pretrained import PretrainedMixin, resolve_source
+from ._pretrained import LoadRequest, PretrainedMixin
 from .calibration import BinaryCalibration, calibrate_binary
 from .factory import gate_parts
-from .hub import HubOptions
 from .io import ImageSource
 from .transforms import default_workers, load_batch
 from .types import GateResult
@@ -161,18 +160,8 @@ class Gate(PretrainedMixin):
         return folder
 
     @classmethod
-    def _from_source(
-        cls,
-        name_or_path: str | os.PathLike[str] | None,
-        options: HubOptions,
-        *,
-        device: Any = None,
-        **kwargs: Any,
-    ) -> Gate:
-        if kwargs:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
-        source = resolve_source(name_or_path or "embedded", options)
-        return build_gate(gate_parts(source)).to(device)
+    def _from_source(cls, request: LoadRequest) -> Gate:
+        return build_gate(gate_parts(request.source())).to(request.device)
 
 
 def build_gate(parts: GateParts) -> Gate:

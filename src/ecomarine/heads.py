@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
@@ -16,7 +17,16 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-__all__ = ["ArcMarginProduct", "GeM", "SubCenterArcMarginProduct", "dynamic_margins"]
+if TYPE_CHECKING:
+    from .config import HeadConfig
+
+__all__ = [
+    "ArcMarginProduct",
+    "GeM",
+    "SubCenterArcMarginProduct",
+    "build_head",
+    "dynamic_margins",
+]
 
 # Keep sqrt(1 - cos^2) differentiable at cos = +-1 (its derivative is infinite there).
 _SINE_EPS = 1e-12
@@ -76,18 +86,27 @@ def arcface_logits(
 
 
 class _MarginHead(nn.Module):
-    """Shared state of the ArcFace heads: scale, margin(s), smoothing."""
+    """What the ArcFace heads share: class centres, scale, margin(s), smoothing.
+
+    The arguments are declared here once (see :class:`ArcMarginProduct`); a head with
+    sub-centres keeps ``centres_per_class`` rows of weights per class.
+    """
 
     def __init__(
         self,
-        s: float,
-        m: float,
-        easy_margin: bool,
-        ls_eps: float,
-        class_margins: Sequence[float] | Tensor | None,
+        in_features: int,
         out_features: int,
+        s: float = 30.0,
+        m: float = 0.50,
+        easy_margin: bool = False,
+        ls_eps: float = 0.0,
+        class_margins: Sequence[float] | Tensor | None = None,
+        *,
+        centres_per_class: int = 1,
     ) -> None:
         super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ConfigError("in_features and out_features must be positive")
         _check_margin_args(s, m, ls_eps)
         self.s = float(s)
         self.m = float(m)
@@ -104,6 +123,10 @@ class _MarginHead(nn.Module):
                 raise ConfigError("class_margins must lie in [0, pi/2) radians")
         self.class_margins: Tensor | None
         self.register_buffer("class_margins", margins, persistent=False)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features * centres_per_class, in_features))
+        nn.init.xavier_uniform_(self.weight)
 
     def _margin(self, labels: Tensor | None) -> float | Tensor:
         if labels is None or self.class_margins is None:
@@ -141,24 +164,6 @@ class ArcMarginProduct(_MarginHead):
         torch.Size([4, 10])
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        s: float = 30.0,
-        m: float = 0.50,
-        easy_margin: bool = False,
-        ls_eps: float = 0.0,
-        class_margins: Sequence[float] | Tensor | None = None,
-    ) -> None:
-        super().__init__(s, m, easy_margin, ls_eps, class_margins, out_features)
-        if in_features <= 0 or out_features <= 0:
-            raise ConfigError("in_features and out_features must be positive")
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.xavier_uniform_(self.weight)
-
     def cosine(self, embeddings: Tensor) -> Tensor:
         """Cosine similarity between each embedding and each class centre."""
         return F.linear(F.normalize(embeddings), F.normalize(self.weight))
@@ -179,32 +184,15 @@ class SubCenterArcMarginProduct(_MarginHead):
         in_features: Embedding size.
         out_features: Number of classes.
         k: Sub-centres per class.
-        s: Logit scale.
-        m: Margin in radians.
-        easy_margin: See :func:`arcface_logits`.
-        ls_eps: Label smoothing.
-        class_margins: Optional per-class margins (radians).
+        **kwargs: The other arguments of :class:`ArcMarginProduct` (``s``, ``m``,
+            ``easy_margin``, ``ls_eps``, ``class_margins``), by keyword.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        k: int = 3,
-        s: float = 30.0,
-        m: float = 0.50,
-        easy_margin: bool = False,
-        ls_eps: float = 0.0,
-        class_margins: Sequence[float] | Tensor | None = None,
-    ) -> None:
-        super().__init__(s, m, easy_margin, ls_eps, class_margins, out_features)
+    def __init__(self, in_features: int, out_features: int, k: int = 3, **kwargs: Any) -> None:
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
-        self.in_features = in_features
-        self.out_features = out_features
+        super().__init__(in_features, out_features, centres_per_class=k, **kwargs)
         self.k = k
-        self.weight = nn.Parameter(torch.empty(out_features * k, in_features))
-        nn.init.xavier_uniform_(self.weight)
 
     def _all_cosines(self, embeddings: Tensor) -> Tensor:
         cos = F.linear(F.normalize(embeddings), F.normalize(self.weight))
@@ -222,6 +210,21 @@ class SubCenterArcMarginProduct(_MarginHead):
     def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
         """Return ``(B, out_features)`` scaled logits, with the margin when labelled."""
         return self._logits(self.cosine(embeddings), labels)
+
+
+def build_head(
+    config: HeadConfig, in_features: int, out_features: int
+) -> ArcMarginProduct | SubCenterArcMarginProduct:
+    """The ArcFace head a :class:`~ecomarine.config.HeadConfig` describes."""
+    common: dict[str, Any] = {
+        "s": config.s,
+        "m": config.m,
+        "easy_margin": config.easy_margin,
+        "ls_eps": config.ls_eps,
+    }
+    if config.type == "subcenter":
+        return SubCenterArcMarginProduct(in_features, out_features, config.k, **common)
+    return ArcMarginProduct(in_features, out_features, **common)
 
 
 def dynamic_margins(

@@ -29,12 +29,11 @@ from torch import Tensor, nn
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._device import conv_layout, resolve_device
 from ._parts import IdentifierParts
-from ._pretrained import PretrainedMixin, resolve_source
+from ._pretrained import LoadRequest, PretrainedMixin
 from .config import IdentifierConfig
 from .errors import ConfigError
 from .factory import CARD_NAME, CONFIG_NAME, LABELS_NAME, WEIGHTS_NAME, identifier_parts
-from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct
-from .hub import HubOptions
+from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct, build_head
 from .io import ImageSource
 from .transforms import default_workers, load_batch
 from .types import EMBEDDING_KINDS, EmbeddingKind, Match
@@ -137,15 +136,7 @@ class Identifier(PretrainedMixin, nn.Module):
         if config.head is not None:
             if not self.labels:
                 raise ConfigError("a head needs labels (the known individual ids)")
-            h = config.head
-            if h.type == "subcenter":
-                self.head = SubCenterArcMarginProduct(
-                    self.embedding_size, len(self.labels), h.k, h.s, h.m, h.easy_margin, h.ls_eps
-                )
-            else:
-                self.head = ArcMarginProduct(
-                    self.embedding_size, len(self.labels), h.s, h.m, h.easy_margin, h.ls_eps
-                )
+            self.head = build_head(config.head, self.embedding_size, len(self.labels))
         self.eval()
 
     # --- forward passes -----------------------------------------------------------------
@@ -392,20 +383,9 @@ class Identifier(PretrainedMixin, nn.Module):
         return folder
 
     @classmethod
-    def _from_source(
-        cls,
-        name_or_path: str | os.PathLike[str] | None,
-        options: HubOptions,
-        *,
-        device: Any = None,
-        allow_pickle: bool = False,
-        **kwargs: Any,
-    ) -> Identifier:
-        if kwargs:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
-        source = resolve_source(name_or_path or "embedded", options)
-        model = build_identifier(identifier_parts(source, allow_pickle=allow_pickle))
-        return model.to(resolve_device(device)).eval()
+    def _from_source(cls, request: LoadRequest, *, allow_pickle: bool = False) -> Identifier:
+        model = build_identifier(identifier_parts(request.source(), allow_pickle=allow_pickle))
+        return model.to(resolve_device(request.device)).eval()
 
     # --- ensembles: the weight layout ---------------------------------------------------
 

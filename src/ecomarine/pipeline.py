@@ -25,7 +25,7 @@ import torch
 from . import hub
 from ._atomic import atomic_write_text
 from ._memory import release_free_memory
-from ._pretrained import BUNDLED, PretrainedMixin
+from ._pretrained import BUNDLED, LoadRequest, PretrainedMixin
 from .config import PreprocessConfig, read_json
 from .errors import (
     ConfigError,
@@ -125,17 +125,13 @@ class Pipeline(PretrainedMixin):
     @classmethod
     def _from_source(
         cls,
-        name_or_path: str | os.PathLike[str] | None,
-        options: HubOptions,
+        request: LoadRequest,
         *,
-        device: Any = None,
         gallery: str | os.PathLike[str] | Gallery | None = None,
         gate: GateChoice = None,
         embedding_kind: EmbeddingKind | None = None,
-        **kwargs: Any,
     ) -> Pipeline:
-        if kwargs:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
+        name_or_path, options, device = request.name_or_path, request.options, request.device
         kind: EmbeddingKind = embedding_kind or "embedding"
         default_gate: str | os.PathLike[str] | None = "embedded"
         if name_or_path is None:
