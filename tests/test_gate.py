@@ -10,6 +10,8 @@ import torch
 
 from ecomarine import ConfigError, Gate, GateResult
 
+from .helpers import fake_hub_api
+
 
 @pytest.fixture(scope="module")
 def gate() -> Gate:
@@ -139,3 +141,11 @@ def test_clip_prompts_are_configurable(tiny_clip_name: str) -> None:
     assert g.backend.text_features.shape[0] == 3  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         clip_gate(tiny_clip_name, pretrained=None, positive=["a whale"], negative=[])
+
+
+def test_gate_push_to_hub_uploads_its_files(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> None:
+    calls = fake_hub_api(monkeypatch)
+    url = gate.push_to_hub("acme/whale-gate", token="t0k")
+    assert url.endswith("/acme/whale-gate/commit/1")
+    assert calls["files"] == ["gate.json", "gate.safetensors"]
+    assert calls["message"] == "Upload ecomarine gate"

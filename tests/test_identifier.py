@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from ecomarine import ConfigError, Identifier, WeightsNotFoundError
 from ecomarine.config import HeadConfig, IdentifierConfig, PreprocessConfig
 from ecomarine.transforms import load_batch
 
-from .helpers import populate_hf_cache
+from .helpers import fake_hub_api, populate_hf_cache
 
 
 def tiny_config(**changes: Any) -> IdentifierConfig:
@@ -188,24 +187,7 @@ def test_bad_config_is_refused(tmp_path: Path, edit: dict[str, Any], message: st
 
 
 def test_push_to_hub_uploads_the_saved_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: dict[str, Any] = {}
-
-    class FakeApi:
-        def __init__(self, token: str | None = None) -> None:
-            calls["token"] = token
-
-        def create_repo(self, repo_id: str, **kwargs: Any) -> None:
-            calls["create"] = (repo_id, kwargs)
-
-        def upload_folder(self, *, repo_id: str, folder_path: Path, **kwargs: Any) -> Any:
-            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-            calls["repo"] = repo_id
-            return argparse.Namespace(commit_url=f"https://hub.example/{repo_id}/commit/1")
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = fake_hub_api(monkeypatch)
     url = tiny_identifier().push_to_hub("acme/tiny-whale", token="t0k", private=True)
     assert url.endswith("/acme/tiny-whale/commit/1")
     assert calls["files"] == ["README.md", "config.json", "labels.json", "model.safetensors"]
