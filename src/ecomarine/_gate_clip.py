@@ -6,8 +6,9 @@ computed once and saved with the gate; a saved gate loads only the image tower.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,10 +36,24 @@ def _open_clip() -> Any:
     return open_clip
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _create_model(model_name: str, pretrained: str | None, cache_dir: str | None) -> Any:
     open_clip = _open_clip()
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+        # open_clip logs its own error on the root logger before raising (offline, say);
+        # the exception below says it once, on the CLI's one line.
+        with _quiet_root_logger():
+            return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
     except RuntimeError as exc:
         raise ConfigError(f"open_clip cannot build {model_name!r}: {exc}") from exc
     except Exception as exc:  # Hub and network errors surface with many types

@@ -9,13 +9,15 @@ and wrong types are refused with :class:`~ecomarine.errors.ConfigError` naming t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ._files import MiB, read_regular
+from ._text import parse_json
 from .errors import ConfigError
 from .types import EMBEDDING_KINDS, EmbeddingKind, embedding_kind
 
@@ -40,6 +42,17 @@ _V1_THRESHOLD_KEYS: Final[dict[str, EmbeddingKind]] = {
 }
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+
+#: Bounds on what a config may ask for, so that an untrusted ``config.json`` cannot make
+#: ecomarine allocate without limit before the weights are checked against it.
+MAX_INPUT_SIDE: Final = 2048
+MAX_EMBEDDING_SIZE: Final = 65536
+MAX_MEMBERS: Final = 64
+MAX_SUBCENTRES: Final = 64
+MAX_CLASSES: Final = 100_000
+# A timm model name: no paths, no "hf-hub:" or "local-dir:" prefixes (which would reach
+# the network or the file system from a config file).
+_TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,127}$")
 
 _POOLINGS = ("gem", "avg")
 _NECKS = ("bn", "linear", "none")
@@ -92,13 +105,21 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         where = "preprocess"
         if len(self.input_size) != 2 or any(
-            not isinstance(v, int) or isinstance(v, bool) or v < 8 for v in self.input_size
+            not isinstance(v, int) or isinstance(v, bool) or not 8 <= v <= MAX_INPUT_SIDE
+            for v in self.input_size
         ):
-            raise _fail(where, f"input_size must be two ints >= 8, got {self.input_size!r}")
+            raise _fail(
+                where,
+                f"input_size must be two ints in [8, {MAX_INPUT_SIDE}], got {self.input_size!r}",
+            )
         for name in ("mean", "std"):
             values = getattr(self, name)
-            if len(values) != 3 or not all(isinstance(v, int | float) for v in values):
-                raise _fail(where, f"{name} must be three numbers, got {values!r}")
+            if (
+                len(values) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+                or not all(math.isfinite(v) for v in values)
+            ):
+                raise _fail(where, f"{name} must be three finite numbers, got {values!r}")
         if any(v <= 0 for v in self.std):
             raise _fail(where, "std must be positive")
         if self.interpolation not in _INTERPOLATIONS:
@@ -164,8 +185,12 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.type not in _HEADS:
             raise _fail("head", f"type must be one of {_HEADS}, got {self.type!r}")
-        if self.k < 1:
-            raise _fail("head", "k must be >= 1")
+        if not 1 <= self.k <= MAX_SUBCENTRES:
+            raise _fail("head", f"k must be in [1, {MAX_SUBCENTRES}], got {self.k}")
+        for key, lo, hi in (("s", 0.0, 1000.0), ("m", 0.0, math.pi / 2), ("ls_eps", 0.0, 1.0)):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise _fail("head", f"{key} must be a finite number in [{lo}, {hi:.4g}]")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -226,18 +251,22 @@ class IdentifierConfig:
 
     def __post_init__(self) -> None:
         where = "config"
-        if self.members < 1:
-            raise _fail(where, f"members must be >= 1, got {self.members}")
-        if not self.backbone:
-            raise _fail(where, "backbone must be a timm model name")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise _fail(where, f"members must be in [1, {MAX_MEMBERS}], got {self.members}")
+        if not _TIMM_NAME.match(self.backbone):
+            raise _fail(
+                where,
+                f"backbone must be a plain timm model name (letters, digits, '_', '.'), "
+                f"got {self.backbone[:80]!r}",
+            )
         if self.pooling not in _POOLINGS:
             raise _fail(where, f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
         if self.neck not in _NECKS:
             raise _fail(where, f"neck must be one of {_NECKS}, got {self.neck!r}")
-        if self.embedding_size < 1:
-            raise _fail(where, "embedding_size must be positive")
-        if self.backbone_num_classes < 0:
-            raise _fail(where, "backbone_num_classes must be >= 0")
+        if not 1 <= self.embedding_size <= MAX_EMBEDDING_SIZE:
+            raise _fail(where, f"embedding_size must be in [1, {MAX_EMBEDDING_SIZE}]")
+        if not 0 <= self.backbone_num_classes <= MAX_CLASSES:
+            raise _fail(where, f"backbone_num_classes must be in [0, {MAX_CLASSES}]")
         thresholds: dict[EmbeddingKind, float] = {}
         for key, value in dict(self.new_individual_thresholds).items():
             kind = embedding_kind(key, f"{where}: new_individual_thresholds key")
@@ -361,13 +390,23 @@ class IdentifierConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: Largest JSON config (``config.json``, ``labels.json``, ``gate.json``) read.
+MAX_CONFIG_BYTES = 64 * MiB
+
+
 def read_json(path: Path) -> Any:
-    """Read a JSON file, turning every failure into :class:`ConfigError` naming the file."""
+    """Read a JSON file, turning every failure into :class:`ConfigError` naming the file.
+
+    Only regular files of at most :data:`MAX_CONFIG_BYTES`; deep nesting and huge
+    integers are refused like bad syntax.
+    """
+
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"{path}: {reason}")
+
+    data = read_regular(path, fail, max_bytes=MAX_CONFIG_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON ({exc})") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read (not UTF-8: {exc.reason})") from exc
+    return parse_json(text, fail)

@@ -23,6 +23,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from ._atomic import atomic_write
+from ._files import safe_is_file
+from ._text import spreadsheet_safe
 from ._version import __version__
 from .errors import DataError
 from .exif import read_exif_event
@@ -180,7 +182,7 @@ def to_occurrences(
         if pred.rejection_reason and not include_rejected:
             continue
         rec = dict.fromkeys(OCCURRENCE_TERMS, "")
-        if read_exif and pred.source and Path(pred.source).is_file():
+        if read_exif and pred.source and safe_is_file(pred.source):
             rec.update(read_exif_event(pred.source))
         rec.update({k: v for k, v in base.items() if v is not None})
         rec.update((per_image or {}).get(pred.source or "", {}))
@@ -246,8 +248,9 @@ def _tsv(header: Sequence[str], rows: Iterable[Mapping[str, str]]) -> bytes:
         buf, delimiter="\t", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
     )
     writer.writerow(header)
+    # Archives are opened in spreadsheets too: no cell may run as a formula.
     for row in rows:
-        writer.writerow([row.get(h, "") for h in header])
+        writer.writerow([spreadsheet_safe(row.get(h, "")) for h in header])
     return buf.getvalue().encode("utf-8")
 
 

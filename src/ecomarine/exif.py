@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ logger = logging.getLogger(__name__)
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _DATETIME_ORIGINAL, _OFFSET_ORIGINAL = 0x9003, 0x9011
 _LAT_REF, _LAT, _LON_REF, _LON, _DATUM = 1, 2, 3, 4, 18
+# What an EXIF value may look like before it becomes a Darwin Core term: a UTC offset
+# (+hh:mm), and a datum name such as TOKYO or EPSG:4326 (never free text or formulas).
+_OFFSET = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$")
+_DATUM_TEXT = re.compile(r"^[A-Z][A-Z0-9:._-]{0,31}$")
 
 
 def _dms(value: Any) -> float:
@@ -45,8 +50,10 @@ def read_exif_event(source: str | os.PathLike[str]) -> dict[str, str]:
             when = datetime.strptime(stamp.strip("\x00 "), "%Y:%m:%d %H:%M:%S")
             offset = sub.get(_OFFSET_ORIGINAL)
             text = when.isoformat()
-            if isinstance(offset, str) and len(offset.strip("\x00 ")) == 6:
+            if isinstance(offset, str) and _OFFSET.match(offset.strip("\x00 ")):
                 text += offset.strip("\x00 ")
+            elif offset is not None:
+                logger.debug("ignoring bad OffsetTimeOriginal %r in %s", offset, path)
             out["eventDate"] = text
         except ValueError:
             logger.debug("bad DateTimeOriginal %r in %s", stamp, path)
@@ -61,7 +68,12 @@ def read_exif_event(source: str | os.PathLike[str]) -> dict[str, str]:
                 out["decimalLatitude"] = f"{lat:.6f}"
                 out["decimalLongitude"] = f"{lon:.6f}"
                 datum = str(gps.get(_DATUM, "")).strip("\x00 ").upper().replace(" ", "")
-                out["geodeticDatum"] = "EPSG:4326" if datum in ("", "WGS-84", "WGS84") else datum
+                if datum in ("", "WGS-84", "WGS84"):
+                    out["geodeticDatum"] = "EPSG:4326"
+                elif _DATUM_TEXT.match(datum):
+                    out["geodeticDatum"] = datum
+                else:
+                    logger.debug("ignoring bad GPSMapDatum %r in %s", datum[:40], path)
     except (TypeError, ValueError, ZeroDivisionError):
         logger.debug("bad GPS tags in %s", path)
     return out

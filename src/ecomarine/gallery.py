@@ -28,12 +28,14 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from ._atomic import atomic_write_bytes, atomic_write_text
+from ._files import read_regular
+from ._text import parse_json
 from .calibration import NewIndividualCalibration, calibrate_open_set
 from .errors import GalleryError
 from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .search import AGGREGATIONS, Aggregation, rank_individuals
-from .types import EmbeddingKind, Match, embedding_kind
+from .types import EMBEDDING_KINDS, EmbeddingKind, Match, embedding_kind
 
 __all__ = ["Aggregation", "Gallery", "Identification"]
 
@@ -328,8 +330,12 @@ class Gallery:
 
     def _check_queries(self, queries: _Arr) -> _F32:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if q.ndim != 2:
+            raise GalleryError(f"queries must be (Q, D) vectors, got shape {q.shape}")
         if self.dim is not None and q.shape[1] != self.dim:
             raise GalleryError(f"query dimension {q.shape[1]} != gallery's {self.dim}")
+        if not np.all(np.isfinite(q)):
+            raise GalleryError("query vectors contain NaN or infinite values")
         norms = np.linalg.norm(q, axis=1, keepdims=True)
         return (q / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
@@ -520,6 +526,12 @@ class Gallery:
             if stale.name not in (emb_name, rec_name):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+        # Temporaries of saves killed midway (their targets had other names): under the
+        # lock no other writer is at work here, so every one of them is a leftover.
+        for pattern in (".embeddings-*.tmp", ".records-*.tmp", f".{MANIFEST_NAME}.*.tmp"):
+            for leftover in folder.glob(pattern):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         return folder
 
     @classmethod
@@ -561,79 +573,188 @@ class Gallery:
         manifest_path = folder / MANIFEST_NAME
         if not manifest_path.is_file():
             raise GalleryError(f"{folder}: not a gallery (no {MANIFEST_NAME})")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GalleryError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+        manifest = _parse(
+            _read_file(folder, MANIFEST_NAME, MAX_MANIFEST_BYTES),
+            lambda why: GalleryError(f"{manifest_path}: unreadable manifest ({why})"),
+        )
         if (
             not isinstance(manifest, dict)
             or manifest.get("format_version") not in _READABLE_VERSIONS
         ):
             raise GalleryError(f"{manifest_path}: unsupported or missing format_version")
-        try:
-            files = manifest["files"]
-            emb_bytes = _read_checked(folder, files["embeddings"])
-            rec_bytes = _read_checked(folder, files["records"])
-            count = int(manifest["count"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GalleryError(f"{manifest_path}: malformed manifest ({exc})") from exc
+        m = _Manifest.parse(manifest, manifest_path)
+        emb_bytes = _read_checked(folder, m.embeddings)
+        rec_bytes = _read_checked(folder, m.records)
         try:
             emb = load_safetensors(emb_bytes)["embeddings"]
         except Exception as exc:  # safetensors raises its own types on corrupt data
             raise GalleryError(f"{folder}: corrupt embeddings file ({exc})") from exc
-        records = []
-        for n, line in enumerate(rec_bytes.decode("utf-8", errors="strict").splitlines(), 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise GalleryError(f"{folder}: records line {n} is not JSON ({exc})") from exc
-        if emb.ndim != 2 or len(emb) != count or len(records) != count:
+        try:
+            text = rec_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GalleryError(f"{folder}: records file is not UTF-8 ({exc.reason})") from exc
+        records = [
+            _Record.parse(
+                _parse(
+                    line,
+                    lambda why, n=n: GalleryError(
+                        f"{folder}: records line {n} is not JSON ({why})"
+                    ),
+                ),
+                f"{folder}: records line {n}",
+            )
+            for n, line in enumerate(text.splitlines(), 1)
+        ]
+        if emb.ndim != 2 or len(emb) != m.count or len(records) != m.count:
             raise GalleryError(
-                f"{folder}: manifest says {count} images, found {len(emb)} vectors and "
+                f"{folder}: manifest says {m.count} images, found {len(emb)} vectors and "
                 f"{len(records)} records"
             )
-        fingerprint = manifest.get("fingerprint")
-        if expected_fingerprint is not None and fingerprint not in (None, expected_fingerprint):
-            raise GalleryError(
-                f"{folder}: built with a different model (fingerprint {fingerprint}, "
-                f"this model {expected_fingerprint}); rebuild it with this model"
-            )
-        threshold = _threshold_or_none(manifest.get("new_individual_threshold"), manifest_path)
-        if threshold is not None and manifest["format_version"] == 1:
+        if m.count and m.dim is not None and emb.shape[1] != m.dim:
+            raise GalleryError(f"{folder}: manifest says dim {m.dim}, vectors have {emb.shape[1]}")
+        if expected_fingerprint is not None and m.fingerprint != expected_fingerprint:
+            if m.fingerprint is not None:
+                raise GalleryError(
+                    f"{folder}: built with a different model (fingerprint {m.fingerprint}, "
+                    f"this model {expected_fingerprint}); rebuild it with this model"
+                )
+            if m.count:
+                raise GalleryError(
+                    f"{folder}: the gallery records no model fingerprint, so its vectors cannot "
+                    "be checked against this model; rebuild it with this model (or load it "
+                    "without expected_fingerprint and attach it yourself)"
+                )
+        if m.threshold is not None and manifest["format_version"] == 1:
             logger.info(
                 "%s: a version-1 gallery; its threshold %s is kept as an explicit override "
                 "(set Gallery.new_individual_threshold = None to follow the model's)",
                 folder,
-                threshold,
+                m.threshold,
             )
-        try:
-            kind = embedding_kind(manifest.get("embedding_kind", "embedding"))
-        except ValueError as exc:
-            raise GalleryError(f"{manifest_path}: {exc}") from exc
         gallery = cls(
-            fingerprint=fingerprint,
-            embedding_kind=kind,
-            new_individual_threshold=threshold,
-            index_kind=manifest.get("index_kind", "flat"),
+            fingerprint=m.fingerprint,
+            embedding_kind=m.kind,
+            new_individual_threshold=m.threshold,
+            index_kind=m.index_kind,
             use_faiss=use_faiss,
-            aggregation=manifest.get("aggregation", "max"),
-            model_name=manifest.get("model_name"),
+            aggregation=m.aggregation,
+            model_name=m.model_name,
         )
-        if count:
-            try:
-                gallery.add(
-                    emb,
-                    [r["individual_id"] for r in records],
-                    [r.get("species") for r in records],
-                    [r.get("metadata") or {} for r in records],
-                    [r["image_id"] for r in records],
-                )
-            except (KeyError, TypeError) as exc:
-                raise GalleryError(f"{folder}: malformed record ({exc})") from exc
+        if m.count:
+            gallery.add(
+                emb,
+                [r.individual_id for r in records],
+                [r.species for r in records],
+                [r.metadata for r in records],
+                [r.image_id for r in records],
+            )
         return gallery
 
 
-def _threshold_or_none(value: object, where: Path) -> float | None:
+#: Largest manifest read (it holds a few fields and two file names).
+MAX_MANIFEST_BYTES = 1024 * 1024
+#: Largest data file read (a 10-million-image, 512-dimension float32 gallery is 20 GB).
+MAX_DATA_BYTES = 64 * 1024**3
+
+
+def _parse(data: str | bytes, fail: Any) -> Any:
+    return parse_json(data, fail)
+
+
+def _read_file(folder: Path, name: str, max_bytes: int) -> bytes:
+    """A gallery file: a regular file inside the folder, never a link out of it."""
+
+    def fail(reason: str) -> GalleryError:
+        return GalleryError(f"{folder}: missing or unreadable {name} ({reason})")
+
+    return read_regular(folder / name, fail, max_bytes=max_bytes, follow_symlinks=False)
+
+
+def _field(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], where: Path | str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise GalleryError(f"{where}: malformed manifest ('{key}' must be {names})")
+    return value
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """``gallery.json``, every field type-checked."""
+
+    count: int
+    dim: int | None
+    fingerprint: str | None
+    kind: EmbeddingKind
+    model_name: str | None
+    threshold: float | None
+    aggregation: Aggregation
+    index_kind: IndexKind
+    embeddings: Mapping[str, str]
+    records: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], where: Path) -> _Manifest:
+        count = _field(data, "count", (int,), where)
+        if count < 0:
+            raise GalleryError(f"{where}: malformed manifest ('count' must be >= 0)")
+        files = _field(data, "files", (dict,), where)
+        entries = []
+        for key in ("embeddings", "records"):
+            entry = _field(files, key, (dict,), where)
+            _field(entry, "name", (str,), where)
+            _field(entry, "sha256", (str,), where)
+            entries.append(entry)
+        kind_value = data.get("embedding_kind", "embedding")
+        if kind_value not in EMBEDDING_KINDS:
+            raise GalleryError(f"{where}: unknown embedding_kind {kind_value!r}")
+        aggregation = data.get("aggregation", "max")
+        if aggregation not in AGGREGATIONS:
+            raise GalleryError(f"{where}: unknown aggregation {aggregation!r}")
+        index_kind = data.get("index_kind", "flat")
+        if index_kind not in INDEX_KINDS:
+            raise GalleryError(f"{where}: unknown index_kind {index_kind!r}")
+        return cls(
+            count=count,
+            dim=_field(data, "dim", (int, type(None)), where),
+            fingerprint=_field(data, "fingerprint", (str, type(None)), where),
+            kind=embedding_kind(kind_value),
+            model_name=_field(data, "model_name", (str, type(None)), where),
+            threshold=_threshold_or_none(data.get("new_individual_threshold"), where),
+            aggregation=aggregation,
+            index_kind=index_kind,
+            embeddings=entries[0],
+            records=entries[1],
+        )
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One line of the records file, every field type-checked."""
+
+    image_id: str
+    individual_id: str
+    species: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> _Record:
+        if not isinstance(data, dict):
+            raise GalleryError(f"{where}: malformed record (expected an object)")
+        image_id, individual = data.get("image_id"), data.get("individual_id")
+        species, metadata = data.get("species"), data.get("metadata") or {}
+        if not isinstance(image_id, str) or not image_id:
+            raise GalleryError(f"{where}: malformed record ('image_id' must be a string)")
+        if not isinstance(individual, str) or not individual:
+            raise GalleryError(f"{where}: malformed record ('individual_id' must be a string)")
+        if species is not None and not isinstance(species, str):
+            raise GalleryError(f"{where}: malformed record ('species' must be a string)")
+        if not isinstance(metadata, dict):
+            raise GalleryError(f"{where}: malformed record ('metadata' must be an object)")
+        return cls(image_id, individual, species, metadata)
+
+
+def _threshold_or_none(value: object, where: Path | str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -645,8 +766,8 @@ def _threshold_or_none(value: object, where: Path) -> float | None:
 
 def _manifest_bytes(folder: Path) -> bytes | None:
     try:
-        return (folder / MANIFEST_NAME).read_bytes()
-    except OSError:
+        return _read_file(folder, MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    except GalleryError:
         return None
 
 
@@ -672,10 +793,7 @@ def _read_checked(folder: Path, entry: Mapping[str, Any]) -> bytes:
     if "/" in name or "\\" in name or name.startswith("."):
         raise GalleryError(f"{folder}: suspicious file name {name!r} in manifest")
     path = folder / name
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GalleryError(f"{folder}: missing or unreadable {name} ({exc})") from exc
+    data = _read_file(folder, name, MAX_DATA_BYTES)
     if _sha256(data) != entry["sha256"]:
         raise GalleryError(f"{path}: checksum mismatch (truncated or modified)")
     return data

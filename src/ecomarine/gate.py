@@ -42,6 +42,7 @@ from ._gate_base import (
 from ._parts import GateParts
 from ._pretrained import LoadRequest, PretrainedMixin
 from .calibration import BinaryCalibration, calibrate_binary
+from .errors import ConfigError
 from .factory import gate_parts
 from .io import ImageSource
 from .transforms import default_workers, load_batch
@@ -171,6 +172,13 @@ def build_gate(parts: GateParts) -> Gate:
         ConfigError: Tensors that do not fit the backend (named).
         WeightsNotFoundError: A CLIP model that cannot be had (offline).
     """
+    bad = [
+        k
+        for k, t in parts.tensors.items()
+        if t.is_floating_point() and not bool(t.isfinite().all())
+    ]
+    if bad:
+        raise ConfigError(f"{parts.where}: gate tensors contain NaN or infinite values: {bad[:5]}")
     backend: GateBackend
     if parts.config.backend == "clip":
         from ._gate_clip import ClipBackend  # noqa: PLC0415 - optional dependency open_clip

@@ -61,6 +61,16 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str)
     Raises:
         ConfigError: On missing or unexpected keys or on shape mismatches.
     """
+    check_state_shapes(module, state, where)
+    module.load_state_dict(dict(state), strict=True)
+
+
+def check_state_shapes(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """Check that ``state`` has exactly ``module``'s keys and shapes (nothing is loaded).
+
+    Raises:
+        ConfigError: On missing or unexpected keys or on shape mismatches, all named.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -78,7 +88,6 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str)
         problems.append(f"shape mismatches {_clip(shapes)}")
     if problems:
         raise ConfigError(f"{where}: weights do not match the architecture: " + "; ".join(problems))
-    module.load_state_dict(dict(state), strict=True)
 
 
 def _clip(items: list[str], limit: int = 10) -> str:
@@ -468,6 +477,19 @@ def build_identifier(parts: IdentifierParts) -> Identifier:
         ConfigError: Missing, unexpected or mis-shaped tensors (named), or an invalid
             config.
     """
+    # The architecture is first built on the meta device (no memory), so that a config
+    # claiming sizes its weights do not have is refused before anything is allocated.
+    with torch.device("meta"):
+        probe = Identifier(parts.config, parts.labels, dict(parts.species))
+    check_state_shapes(probe, parts.state, parts.where)
+    del probe
+    bad = [
+        key
+        for key, tensor in parts.state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ConfigError(f"{parts.where}: weights contain NaN or infinite values in {_clip(bad)}")
     model = Identifier(parts.config, parts.labels, dict(parts.species))
     check_state_dict(model, parts.state, parts.where)
     return model.eval()
@@ -487,12 +509,13 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
 def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, int, int]:
     """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
     backbone: Any
-    try:
-        backbone = timm.create_model(
-            config.backbone, pretrained=False, num_classes=config.backbone_num_classes
-        )
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
-        raise ConfigError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+    # Checked here, not by catching timm's errors: a failure inside a known model (out of
+    # memory, say) must not be reported as an unknown name.
+    if not timm.is_model(config.backbone):
+        raise ConfigError(f"unknown timm backbone {config.backbone!r}")
+    backbone = timm.create_model(
+        config.backbone, pretrained=False, num_classes=config.backbone_num_classes
+    )
     features = int(backbone.num_features)
     pool: nn.Module = GeM() if config.pooling == "gem" else _AvgPool()
     size = config.embedding_size

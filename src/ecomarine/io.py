@@ -21,14 +21,20 @@ from typing import IO, Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._files import MiB, open_regular, read_regular
 from .errors import EcomarineError, ImageTooLargeError, InvalidImageError
 
 __all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT_RATIO",
     "ImageSource",
     "describe_source",
+    "get_max_file_bytes",
     "get_max_pixels",
     "load_image",
+    "read_image_file",
+    "set_max_file_bytes",
     "set_max_pixels",
     "to_rgb",
 ]
@@ -38,12 +44,20 @@ logger = logging.getLogger(__name__)
 #: Default pixel cap: 60 megapixels covers every current camera body (a 50 MP frame is
 #: 8,688 x 5,792) and stays well below Pillow's 89-megapixel decompression-bomb warning.
 DEFAULT_MAX_PIXELS = 60_000_000
+#: Default cap on an image file's size, checked before a byte is read: a 60-megapixel
+#: 16-bit RGB TIFF is 360 MB uncompressed.
+DEFAULT_MAX_FILE_BYTES = 512 * MiB
+#: Longer side over shorter side beyond which an image is refused: no camera or
+#: panorama comes near it, and resizing a 1 x 10,000,000 strip to a network input would
+#: need gigabytes of intermediate pixels.
+MAX_ASPECT_RATIO = 100
 
 ImageSource = Union[  # noqa: UP007 - a runtime alias; keep it readable on Python 3.10
     str, os.PathLike[str], bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray
 ]
 
 _max_pixels = DEFAULT_MAX_PIXELS
+_max_file_bytes = DEFAULT_MAX_FILE_BYTES
 _heif_lock = threading.Lock()
 _heif_registered = False
 
@@ -69,6 +83,42 @@ def set_max_pixels(max_pixels: int) -> None:
 def get_max_pixels() -> int:
     """Return the process-wide default pixel cap."""
     return _max_pixels
+
+
+def set_max_file_bytes(max_bytes: int) -> None:
+    """Set the process-wide cap on an image file's size (bytes).
+
+    Raises:
+        ValueError: If ``max_bytes`` is not a positive integer.
+    """
+    global _max_file_bytes  # noqa: PLW0603 - a deliberate process-wide setting
+    if not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    _max_file_bytes = max_bytes
+
+
+def get_max_file_bytes() -> int:
+    """Return the process-wide cap on an image file's size (bytes)."""
+    return _max_file_bytes
+
+
+def _file_problem(name: str) -> Any:
+    def fail(reason: str) -> InvalidImageError:
+        if reason == "is a directory, not a file":
+            reason = "is a directory, not an image file"
+        return InvalidImageError(name, reason)
+
+    return fail
+
+
+def read_image_file(path: str | os.PathLike[str], name: str | None = None) -> bytes:
+    """The bytes of an image file: a regular file within :func:`get_max_file_bytes`.
+
+    Raises:
+        InvalidImageError: Missing, a directory, a FIFO or device, too large, unreadable.
+    """
+    label = describe_source(path) if name is None else name
+    return read_regular(path, _file_problem(label), max_bytes=get_max_file_bytes())
 
 
 def describe_source(source: object) -> str:
@@ -131,19 +181,17 @@ def _check_size(name: str, width: int, height: int, cap: int) -> None:
         raise InvalidImageError(name, f"image has zero size ({width}x{height})")
     if width * height > cap:
         raise ImageTooLargeError(name, width * height, cap, f"{width}x{height}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidImageError(
+            name, f"absurd aspect ratio ({width}x{height}; at most {MAX_ASPECT_RATIO}:1)"
+        )
 
 
 def _open_stream(source: object, name: str) -> AbstractContextManager[IO[bytes]]:
     if isinstance(source, str | os.PathLike):
-        path = Path(os.fspath(source))
-        if not path.exists():
-            raise InvalidImageError(name, "no such file")
-        if path.is_dir():
-            raise InvalidImageError(name, "is a directory, not an image file")
-        try:
-            return path.open("rb")
-        except OSError as exc:
-            raise InvalidImageError(name, f"cannot open file ({exc.strerror or exc})") from exc
+        return open_regular(
+            Path(os.fspath(source)), _file_problem(name), max_bytes=get_max_file_bytes()
+        )
     if isinstance(source, bytes | bytearray | memoryview):
         return io.BytesIO(bytes(source))
     read = getattr(source, "read", None)

@@ -38,7 +38,7 @@ from .gallery import Gallery
 from .gate import Gate, clip_gate
 from .hub import HubOptions
 from .identifier import Identifier
-from .io import ImageSource, describe_source
+from .io import ImageSource, describe_source, read_image_file
 from .transforms import (
     decode_pool,
     decode_size,
@@ -321,19 +321,31 @@ class Pipeline(PretrainedMixin):
         try:
             data: ImageSource = source
             if isinstance(source, str | os.PathLike):
-                data = _read_file(Path(os.fspath(source)), name)
+                data = read_image_file(Path(os.fspath(source)), name)
             if isinstance(data, bytes | bytearray | memoryview):
                 digest = hashlib.sha256(data).hexdigest()
-            pixels = load_pixels(data, self._decode_size())
+            pixels = load_pixels(data, self._decode_size(), keep_aspect=self._keeps_aspect())
         except InvalidImageError as exc:
             return _Item(index, name, digest, error=exc.renamed(name))
         ident_pp = self.identifier.config.preprocess
-        ident_input = resize_pixels(pixels, ident_pp)
-        gate_input = None
-        if self.gate is not None:
-            gate_pp = self.gate.config.preprocess
-            gate_input = ident_input if gate_pp == ident_pp else resize_pixels(pixels, gate_pp)
+        try:
+            ident_input = resize_pixels(pixels, ident_pp)
+            gate_input = None
+            if self.gate is not None:
+                gate_pp = self.gate.config.preprocess
+                same = gate_pp == ident_pp
+                gate_input = ident_input if same else resize_pixels(pixels, gate_pp)
+        except (RuntimeError, MemoryError) as exc:
+            # One photo that cannot be resized must not end the run (see MAX_ASPECT_RATIO).
+            error = InvalidImageError(name, f"cannot resize ({type(exc).__name__}: {exc})")
+            return _Item(index, name, digest, error=error)
         return _Item(index, name, digest, gate_input, ident_input)
+
+    def _keeps_aspect(self) -> bool:
+        configs = [self.identifier.config.preprocess]
+        if self.gate is not None:
+            configs.append(self.gate.config.preprocess)
+        return any(pp.resize != "squash" for pp in configs)
 
     def _decode_size(self) -> tuple[int, int]:
         configs: list[PreprocessConfig] = [self.identifier.config.preprocess]
@@ -433,17 +445,6 @@ def _stack(
     if len(present) != len(inputs):  # pragma: no cover - _prepare always fills both
         raise ConfigError("internal error: a decoded image lacks its network input")
     return normalize_batch(present, pp, device)
-
-
-def _read_file(path: Path, name: str) -> bytes:
-    if not path.exists():
-        raise InvalidImageError(name, "no such file")
-    if path.is_dir():
-        raise InvalidImageError(name, "is a directory, not an image file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidImageError(name, f"cannot open file ({exc.strerror or exc})") from exc
 
 
 @dataclass(frozen=True)

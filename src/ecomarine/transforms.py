@@ -10,6 +10,7 @@ within a grey level or two. The batch is then normalised once, on the model's de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -49,6 +50,10 @@ _TORCH_MODE = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest
 #: Decoded pixels are box-reduced while they stay at least this many times the input
 #: size (as Pillow's ``reducing_gap``): bounded memory, same quality.
 REDUCING_GAP = 3
+#: Most pixels handed to the resize: PyTorch's antialiased resize works in float32, so a
+#: decoded photo costs about 16 bytes a pixel there. Only elongated images that the box
+#: reduction above cannot shrink (its factor follows the shorter side) reach it.
+DECODED_PIXEL_BUDGET = 16_000_000
 
 
 def default_workers() -> int:
@@ -95,13 +100,15 @@ def decode_size(configs: Iterable[PreprocessConfig]) -> tuple[int, int]:
 
 
 def load_pixels(
-    source: ImageSource, target_size: tuple[int, int]
+    source: ImageSource, target_size: tuple[int, int], *, keep_aspect: bool = False
 ) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Decode a photo as ``(H, W, 3)`` uint8 pixels, just large enough for ``target_size``.
 
     JPEGs decode at a reduced DCT scale; any image still at least ``REDUCING_GAP`` times
     larger than ``target_size`` in both dimensions is then shrunk by an integer box
-    filter, so a batch of decoded photos stays small whatever their format.
+    filter, so a batch of decoded photos stays small whatever their format. An image
+    still over :data:`DECODED_PIXEL_BUDGET` (a long strip) is box-reduced further: each
+    axis on its own, or, with ``keep_aspect`` (letterboxed inputs), both alike.
 
     Raises:
         InvalidImageError: If the source cannot be read.
@@ -110,6 +117,14 @@ def load_pixels(
     factor = min(img.width // target_size[0], img.height // target_size[1]) // REDUCING_GAP
     if factor >= 2:
         img = img.reduce(factor)
+    if img.width * img.height > DECODED_PIXEL_BUDGET:
+        if keep_aspect:
+            f = math.ceil(math.sqrt(img.width * img.height / DECODED_PIXEL_BUDGET))
+            img = img.reduce(f)
+        else:
+            fx = max(1, img.width // (target_size[0] * REDUCING_GAP))
+            fy = max(1, img.height // (target_size[1] * REDUCING_GAP))
+            img = img.reduce((fx, fy))
     # np.array copies: np.asarray on a PIL image is a read-only view torch cannot wrap.
     return np.array(img, dtype=np.uint8)
 
@@ -209,6 +224,6 @@ def load_batch(
     size = decode_size([pp])
 
     def one(source: ImageSource) -> torch.Tensor:
-        return resize_pixels(load_pixels(source, size), pp)
+        return resize_pixels(load_pixels(source, size, keep_aspect=pp.resize != "squash"), pp)
 
     return normalize_batch(list(thread_map(one, sources, min(workers, len(sources)))), pp, device)

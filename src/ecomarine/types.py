@@ -230,7 +230,7 @@ class Prediction:
                 sha256=opt_str("sha256"),
                 model_id=opt_str("model_id"),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"Prediction: malformed value: {exc}") from exc

@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._atomic import atomic_write_text
+from .._text import spreadsheet_safe
 from ..types import EMBEDDING_KINDS, EmbeddingKind, Prediction, embedding_kind
 
 if TYPE_CHECKING:
@@ -34,6 +36,18 @@ IMAGE_SUFFIXES = {
     ".heic",
     ".heif",
 }
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (which compare as in range)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
 
 
 def kind_option(
@@ -140,20 +154,19 @@ def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
         )
         for p in predictions:
             best = p.candidates[0].score if p.candidates else None
-            writer.writerow(
-                [
-                    p.source,
-                    p.is_cetacean,
-                    p.gate_score,
-                    p.individual_id,
-                    p.is_new_individual,
-                    best,
-                    p.species,
-                    " ".join(m.individual_id for m in p.candidates),
-                    p.rejection_reason or "",
-                    p.sha256 or "",
-                ]
-            )
+            row = [
+                p.source,
+                p.is_cetacean,
+                p.gate_score,
+                p.individual_id,
+                p.is_new_individual,
+                best,
+                p.species,
+                " ".join(m.individual_id for m in p.candidates),
+                p.rejection_reason or "",
+                p.sha256 or "",
+            ]
+            writer.writerow([spreadsheet_safe(cell) for cell in row])
         text = buf.getvalue()
     else:
         raise click.BadParameter(f"{path}: output must end in .csv or .jsonl")

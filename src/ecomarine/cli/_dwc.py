@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -35,7 +34,7 @@ def export_dwc(
     include_rejected: bool,
 ) -> None:
     """Turn RESULTS (from `ecomarine identify --output x.jsonl`) into a DwC-A for GBIF."""
-    from .._text import read_utf8  # noqa: PLC0415
+    from .._text import parse_json, read_utf8  # noqa: PLC0415
     from ..darwin_core import DatasetMetadata, write_dwca  # noqa: PLC0415
     from ..errors import DataError  # noqa: PLC0415
     from ..types import Prediction  # noqa: PLC0415
@@ -45,10 +44,15 @@ def export_dwc(
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
+
+        def fail(why: str, n: int = n) -> DataError:
+            return DataError(f"{results}:{n}: not JSON ({why})")
+
+        record = parse_json(line, fail)
         try:
-            preds.append(Prediction.from_dict(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{results}:{n}: not JSON ({exc.msg})") from exc
+            preds.append(Prediction.from_dict(record))
+        except DataError as exc:
+            raise DataError(f"{results}:{n}: {exc}") from exc
     defaults = DatasetMetadata()
     ds = DatasetMetadata(
         title=dataset_title or defaults.title,

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ._app import cli
-from ._common import expand_inputs, fmt, progress, table
+from ._common import FiniteFloatRange, expand_inputs, fmt, progress, table
 
 
 @cli.group()
@@ -73,8 +73,8 @@ def score(paths: tuple[str, ...], gate_name: str, batch_size: int) -> None:
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Save the calibrated gate here."
 )
-@click.option("--min-tpr", default=0.85, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--min-tnr", default=0.90, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--min-tpr", default=0.85, show_default=True, type=FiniteFloatRange(0, 1))
+@click.option("--min-tnr", default=0.90, show_default=True, type=FiniteFloatRange(0, 1))
 @click.option(
     "--roc-plot",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from .._fields import FieldSpec, spec_of
+from ._common import FiniteFloatRange
 
 __all__ = ["Leaf", "build_dataclass", "dataclass_options", "leaves"]
 
@@ -104,7 +105,7 @@ def _click_option(leaf: Leaf) -> Callable[[_F], _F]:
         lo, hi = (None if v is None else int(v) for v in (spec.min, spec.max))
         kwargs["type"] = click.IntRange(lo, hi, **opens)
     elif kind is float:
-        kwargs["type"] = click.FloatRange(spec.min, spec.max, **opens)
+        kwargs["type"] = FiniteFloatRange(spec.min, spec.max, **opens)
     elif kind == tuple[int, int]:
         kwargs["callback"] = _size
         kwargs["metavar"] = spec.metavar or "HxW"

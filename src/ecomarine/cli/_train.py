@@ -13,13 +13,13 @@ from .._atomic import atomic_write_text
 from ..training.config import TrainConfig
 from ..types import EmbeddingKind
 from ._app import cli
-from ._common import kind_option
+from ._common import FiniteFloatRange, kind_option
 from ._options import build_dataclass, dataclass_options
 
 # Shared by the commands that calibrate open-set thresholds.
 _new_fraction = click.option(
     "--new-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
     default=None,
     help="Expected share of new individuals among future queries.",
 )
@@ -70,7 +70,7 @@ def train(print_config: bool, **values: Any) -> None:
     help="Calibrate the threshold on these queries instead of using the model's.",
 )
 @click.option(
-    "--threshold", type=click.FloatRange(-1, 1), default=None, help="Use this open-set threshold."
+    "--threshold", type=FiniteFloatRange(-1, 1), default=None, help="Use this open-set threshold."
 )
 @kind_option()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))

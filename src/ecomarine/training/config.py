@@ -95,7 +95,7 @@ class TrainConfig:
     backbone: str = option(EMBEDDED_BACKBONE, '"embedded" (offline Lite0) or any timm name.')
     pretrained: bool = option(True, "Start from ImageNet weights.")
     input_size: tuple[int, int] = option(
-        (256, 96), "Network input, height x width.", min=8, max=4096, metavar="HxW"
+        (256, 96), "Network input, height x width.", min=8, max=2048, metavar="HxW"
     )
     embedding_size: int = option(512, "Embedding dimension.", min=8, max=8192)
     pooling: str = option("gem", "Pooling of the feature map.", choices=("gem", "avg"))

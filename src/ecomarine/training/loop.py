@@ -242,6 +242,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                 loss = F.cross_entropy(model.head(emb, y).float(), y)
                 if teacher is not None:
                     loss = loss + _distillation(cfg, model, teacher, x, emb)
+            if not bool(torch.isfinite(loss.detach())):
+                raise DataError(
+                    f"training loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+                    f"{step + 1}; lower --lr (now {cfg.lr}) or check the images"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
