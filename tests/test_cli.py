@@ -215,7 +215,10 @@ def test_offline_hub_model_is_one_line(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    code, _out, err = run(["identify", "a.jpg", "--model", "acme/not-cached"], capsys)
+    (tmp_path / "a.jpg").write_bytes(b"")  # the inputs are checked before the model
+    code, _out, err = run(
+        ["identify", str(tmp_path / "a.jpg"), "--model", "acme/not-cached"], capsys
+    )
     assert code == 2
     assert "offline" in err
     assert err.count("\n") == 1

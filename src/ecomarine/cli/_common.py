@@ -50,6 +50,39 @@ class FiniteFloatRange(click.FloatRange):
         return out
 
 
+def overwrite_option(func: _F) -> _F:
+    """The ``--overwrite`` flag of every command that writes outputs."""
+    option = click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace outputs that already exist (default: refuse, so that nothing is lost).",
+    )
+    return option(func)
+
+
+def refuse_existing(outputs: Iterable[str | Path | None], overwrite: bool, hint: str = "") -> None:
+    """Refuse outputs that exist (a file, or a folder with anything in it) unless asked.
+
+    Called before any model loads or photo is read, so a run never ends by destroying
+    earlier work.
+
+    Raises:
+        click.UsageError: Naming the first output that exists, and what to do instead.
+    """
+    if overwrite:
+        return
+    for out in outputs:
+        if out is None:
+            continue
+        path = Path(out)
+        if path.is_dir() and not any(path.iterdir()):
+            continue  # an empty folder holds nothing to lose
+        if path.exists() or path.is_symlink():
+            raise click.UsageError(
+                f"{path} already exists; {hint or 'pass --overwrite to replace it'}"
+            )
+
+
 def kind_option(
     help_text: str = "Which vectors: trained embedding or general features.",
 ) -> Callable[[_F], _F]:
@@ -97,8 +130,7 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
                 raise click.BadParameter(f"no files match {arg!r}")
             out += [m for m in matches if m.is_file()]
         else:
-            # Keep it: the pipeline reports a missing file as a rejected prediction.
-            out.append(p)
+            raise click.BadParameter(f"{arg!r}: no such file or folder", param_hint="PATHS")
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ._app import cli
+from ._common import overwrite_option, refuse_existing
 
 
 @cli.command("export-dwc")
@@ -23,6 +24,7 @@ from ._app import cli
 @click.option("--recorded-by", default=None)
 @click.option("--institution-code", default=None)
 @click.option("--include-rejected", is_flag=True)
+@overwrite_option
 def export_dwc(
     results: Path,
     out: Path,
@@ -32,6 +34,7 @@ def export_dwc(
     recorded_by: str | None,
     institution_code: str | None,
     include_rejected: bool,
+    overwrite: bool,
 ) -> None:
     """Turn RESULTS (from `ecomarine identify --output x.jsonl`) into a DwC-A for GBIF."""
     from .._text import parse_json, read_utf8  # noqa: PLC0415
@@ -39,6 +42,7 @@ def export_dwc(
     from ..errors import DataError  # noqa: PLC0415
     from ..types import Prediction  # noqa: PLC0415
 
+    refuse_existing([out], overwrite)
     preds = []
     lines = read_utf8(results, "results file").splitlines()
     for n, line in enumerate(lines, 1):

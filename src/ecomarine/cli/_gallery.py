@@ -9,7 +9,7 @@ import click
 from ..index import INDEX_KINDS, IndexKind
 from ..types import EmbeddingKind
 from ._app import cli
-from ._common import fmt, kind_option, table
+from ._common import fmt, kind_option, overwrite_option, refuse_existing, table
 
 
 @cli.group()
@@ -64,6 +64,7 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
     help="Search index: exact, or approximate for large catalogues (needs faiss).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@overwrite_option
 def build(
     csv_path: Path,
     images: Path | None,
@@ -73,10 +74,17 @@ def build(
     calibrate: bool,
     index_kind: IndexKind,
     batch_size: int,
+    overwrite: bool,
 ) -> None:
     """Embed a labelled catalogue into a new gallery."""
     from ..pipeline import Pipeline  # noqa: PLC0415
 
+    refuse_existing(
+        [out],
+        overwrite,
+        f"add photos to it with `ecomarine gallery add {out} --csv ...`, or pass --overwrite "
+        "to replace it (its photos and threshold would be lost)",
+    )
     pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=kind)
     n = _embed_catalog(pipe, csv_path, images, batch_size)
     assert pipe.gallery is not None

@@ -12,7 +12,15 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ._app import cli
-from ._common import FiniteFloatRange, expand_inputs, fmt, progress, table
+from ._common import (
+    FiniteFloatRange,
+    expand_inputs,
+    fmt,
+    overwrite_option,
+    progress,
+    refuse_existing,
+    table,
+)
 
 
 @cli.group()
@@ -81,6 +89,7 @@ def score(paths: tuple[str, ...], gate_name: str, batch_size: int) -> None:
     help="Save a ROC curve (needs matplotlib).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@overwrite_option
 def calibrate(
     manifest: Path,
     gate_name: str,
@@ -89,10 +98,12 @@ def calibrate(
     min_tnr: float,
     roc_plot: Path | None,
     batch_size: int,
+    overwrite: bool,
 ) -> None:
     """Choose the gate's threshold from a labelled manifest."""
     from ..manifest import read_gate_manifest  # noqa: PLC0415
 
+    refuse_existing([out, roc_plot], overwrite)
     entries = read_gate_manifest(manifest)
     g = _load(gate_name)
     scores = _scores(g, [e.path for e in entries], batch_size)
@@ -160,10 +171,17 @@ def _plot_roc(
     help="Write a markdown table.",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@overwrite_option
 def evaluate(
-    manifest: Path, backend: str, json_out: Path | None, md_out: Path | None, batch_size: int
+    manifest: Path,
+    backend: str,
+    json_out: Path | None,
+    md_out: Path | None,
+    batch_size: int,
+    overwrite: bool,
 ) -> None:
     """Measure the gate on a labelled manifest at its shipped threshold."""
+    refuse_existing([json_out, md_out], overwrite)
     from ..calibration import calibrate_binary  # noqa: PLC0415
     from ..manifest import read_gate_manifest  # noqa: PLC0415
     from ..metrics import roc_auc  # noqa: PLC0415

@@ -12,7 +12,9 @@ from ._common import (
     expand_inputs,
     fmt,
     gate_choice,
+    overwrite_option,
     progress,
+    refuse_existing,
     table,
     verdict,
     write_predictions,
@@ -52,6 +54,7 @@ from ._common import (
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decode threads.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100))
+@overwrite_option
 def identify(
     paths: tuple[str, ...],
     gallery_dir: str | None,
@@ -62,10 +65,21 @@ def identify(
     batch_size: int,
     workers: int | None,
     top_k: int,
+    overwrite: bool,
 ) -> None:
     """Identify the animals in PATHS (files, folders searched recursively, or globs)."""
     from ..pipeline import Pipeline  # noqa: PLC0415 - keep `ecomarine --help` fast
 
+    # Every argument is checked before a model loads or a photo is read.
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise click.BadParameter(f"{output}: must end in .csv or .jsonl", param_hint="--output")
+    if dwca is not None and dwca.suffix.lower() != ".zip":
+        raise click.BadParameter(f"{dwca}: must end in .zip", param_hint="--dwca")
+    refuse_existing([output, dwca], overwrite)
+    if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
+        raise click.BadParameter(
+            f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
+        )
     files = expand_inputs(paths)
     if not files:
         raise click.BadParameter("no image files found", param_hint="PATHS")

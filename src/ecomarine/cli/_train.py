@@ -13,7 +13,7 @@ from .._atomic import atomic_write_text
 from ..training.config import TrainConfig
 from ..types import EmbeddingKind
 from ._app import cli
-from ._common import FiniteFloatRange, kind_option
+from ._common import FiniteFloatRange, kind_option, overwrite_option, refuse_existing
 from ._options import build_dataclass, dataclass_options
 
 # Shared by the commands that calibrate open-set thresholds.
@@ -40,12 +40,20 @@ def _command(parts: list[str], options: dict[str, object]) -> str:
 @click.option(
     "--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit."
 )
-def train(print_config: bool, **values: Any) -> None:
+@overwrite_option
+def train(print_config: bool, overwrite: bool, **values: Any) -> None:
     """Train an identifier (ArcFace) on a labelled catalogue."""
     cfg = build_dataclass(TrainConfig, values)
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
+    if cfg.resume is None:  # resuming continues in the same folder, on purpose
+        refuse_existing(
+            [Path(cfg.out) / "config.json", Path(cfg.out) / "checkpoints"],
+            overwrite,
+            f"{cfg.out} holds a trained model or a run; continue it with --resume "
+            f"{Path(cfg.out) / 'checkpoints' / 'last.pt'}, or pass --overwrite",
+        )
     from ..training import train as run  # noqa: PLC0415 - loads torch and the loop
 
     logging.getLogger("ecomarine").setLevel(logging.INFO)
@@ -76,6 +84,7 @@ def train(print_config: bool, **values: Any) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@overwrite_option
 def evaluate(
     model: str,
     gallery_csv: str,
@@ -87,8 +96,10 @@ def evaluate(
     json_out: Path | None,
     md_out: Path | None,
     batch_size: int,
+    overwrite: bool,
 ) -> None:
     """Open-set evaluation: MAP@5 with new_individual, top-1/5, ROC-AUC, mAP."""
+    refuse_existing([json_out, md_out], overwrite)
     from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..evaluation import evaluate_open_set, report_markdown  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
@@ -131,6 +142,7 @@ def evaluate(
 @click.option(
     "--half/--no-half", default=True, show_default=True, help="Store the weights in float16."
 )
+@overwrite_option
 def ensemble(
     members: tuple[str, ...],
     out: str,
@@ -140,11 +152,13 @@ def ensemble(
     images: str | None,
     new_fraction: float | None,
     half: bool,
+    overwrite: bool,
 ) -> None:
     """Combine trained identifiers (MEMBERS: folders or Hub ids) into one ensemble.
 
     An ensemble among MEMBERS joins network by network, so every network weighs the same.
     """
+    refuse_existing([out], overwrite)
     import torch  # noqa: PLC0415
 
     from ..catalog import read_catalog_csv  # noqa: PLC0415
@@ -210,6 +224,7 @@ def ensemble(
     default=None,
     help="Write a calibrated copy here (default: update MODEL in place).",
 )
+@overwrite_option
 def calibrate(
     model: str,
     csv_path: str,
@@ -217,12 +232,15 @@ def calibrate(
     images: str,
     new_fraction: float | None,
     out: str | None,
+    overwrite: bool,
 ) -> None:
     """Choose an identifier folder's open-set thresholds on held-out queries.
 
     Both kinds (trained embedding and general features) are calibrated through the
     inference path; config.json gets the thresholds and the model card a record.
     """
+    if out is not None and Path(out).resolve() != Path(model).resolve():
+        refuse_existing([out], overwrite)
     from ..calibration import calibrate_identifier  # noqa: PLC0415
     from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
