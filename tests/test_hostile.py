@@ -246,26 +246,51 @@ _CONFIG_KEYS = st.sampled_from(
 )  # fmt: skip
 
 
-def _config_mutations(max_examples: int) -> Callable[..., Any]:
+def _json_mutations(
+    make: Callable[[Path], Path],
+    json_name: str,
+    keys: st.SearchStrategy[str],
+    load: Callable[[Path], Any],
+    refusal: type[Exception],
+    max_examples: int,
+) -> Callable[..., Any]:
+    """A property test: any value at any key of a JSON file loads or is refused cleanly.
+
+    ``make(tmp_path)`` writes a fresh fixture folder and returns it; ``json_name`` is the
+    file mutated there; ``load`` must return or raise ``refusal``, nothing else.
+    """
+
     @settings(
         max_examples=max_examples,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
-    @given(key=_CONFIG_KEYS, value=_JSONISH)
+    @given(key=keys, value=_JSONISH)
     def check(tmp_path: Path, key: str, value: Any) -> None:
-        folder = tmp_path / "m"
-        if folder.exists():
-            shutil.rmtree(folder)
-        shutil.copytree(TINY_MODEL, folder)
-        data = json.loads((folder / "config.json").read_text())
+        folder = make(tmp_path)
+        data = json.loads((folder / json_name).read_text())
         data[key] = value
-        (folder / "config.json").write_text(json.dumps(data))
-        # Refused with our error, or loaded: fine; any other exception fails the test.
-        with contextlib.suppress(ConfigError):
-            Identifier.from_pretrained(folder, device="cpu")
+        (folder / json_name).write_text(json.dumps(data))
+        with contextlib.suppress(refusal):
+            load(folder)
 
     return check
+
+
+def _fresh_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "m"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(TINY_MODEL, folder)
+    return folder
+
+
+def _config_mutations(max_examples: int) -> Callable[..., Any]:
+    def load(folder: Path) -> Any:
+        return Identifier.from_pretrained(folder, device="cpu")
+
+    return _json_mutations(
+        _fresh_model, "config.json", _CONFIG_KEYS, load, ConfigError, max_examples
+    )
 
 
 test_hostile_config_values = _config_mutations(25)
@@ -414,28 +439,19 @@ def test_gallery_info_on_a_malformed_gallery_is_one_line(
     assert "new_individual_threshold" in _one_line_error(capsys)
 
 
+def _fresh_gallery(tmp_path: Path) -> Path:
+    shutil.rmtree(tmp_path / "g", ignore_errors=True)
+    return _small_gallery(tmp_path)
+
+
 def _manifest_mutations(max_examples: int) -> Callable[..., Any]:
     keys = st.sampled_from(
         ["count", "dim", "fingerprint", "embedding_kind", "model_name", "files",
          "new_individual_threshold", "aggregation", "index_kind", "format_version"]
     )  # fmt: skip
-
-    @settings(
-        max_examples=max_examples,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    return _json_mutations(
+        _fresh_gallery, "gallery.json", keys, Gallery.load, GalleryError, max_examples
     )
-    @given(key=keys, value=_JSONISH)
-    def check(tmp_path: Path, key: str, value: Any) -> None:
-        folder = tmp_path / "g"
-        if folder.exists():
-            shutil.rmtree(folder)
-        _small_gallery(tmp_path)
-        _edit_manifest(folder, lambda m: m.update({key: value}))
-        with contextlib.suppress(GalleryError):
-            Gallery.load(folder)
-
-    return check
 
 
 test_hostile_manifests = _manifest_mutations(25)

@@ -23,6 +23,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
 from . import hub
+from ._files import read_regular
 from ._gate_base import EMBEDDED_GATE_DIR, GATE_CONFIG, GATE_WEIGHTS, GateConfig
 from ._parts import GateParts, IdentifierParts
 from ._pretrained import Bundled, Source
@@ -45,6 +46,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LABELS_NAME = "labels.json"
 CARD_NAME = "README.md"
+#: Largest weights file read (the largest published re-identification models are ~1 GB).
+MAX_WEIGHTS_BYTES = 16 * 1024**3
 #: Threshold of the unfitted embedded gate (grey-whale + killer-whale class mass).
 CLASS_MASS_THRESHOLD = 0.05
 
@@ -107,11 +110,16 @@ def gate_parts(source: Source) -> GateParts:
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """The tensors of a safetensors file (never unpickles).
 
+    Only a regular file of at most :data:`MAX_WEIGHTS_BYTES` is read.
+
     Raises:
-        ConfigError: An unreadable or malformed file.
+        ConfigError: A missing, special, oversized, unreadable or malformed file.
     """
+    data = read_regular(
+        path, lambda why: ConfigError(f"{path}: {why}"), max_bytes=MAX_WEIGHTS_BYTES
+    )
     try:
-        return dict(load_safetensors_bytes(path.read_bytes()))
+        return dict(load_safetensors_bytes(data))
     except Exception as exc:  # safetensors raises its own error types on bad headers
         raise ConfigError(f"{path}: unreadable safetensors file ({exc})") from exc
 

@@ -31,11 +31,11 @@ from ._atomic import atomic_write_bytes, atomic_write_text
 from ._files import read_regular
 from ._text import parse_json
 from .calibration import NewIndividualCalibration, calibrate_open_set
-from .errors import GalleryError
+from .errors import ConfigError, GalleryError
 from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
-from .search import AGGREGATIONS, Aggregation, rank_individuals
-from .types import EMBEDDING_KINDS, EmbeddingKind, Match, embedding_kind
+from .search import AGGREGATIONS, Aggregation, individual_rows, rank_individuals
+from .types import EmbeddingKind, Match, embedding_kind
 
 __all__ = ["Aggregation", "Gallery", "Identification"]
 
@@ -342,10 +342,7 @@ class Gallery:
     def _labels(self) -> tuple[list[str], _Arr]:
         """Sorted individual ids and each image's row among them (cached)."""
         if self._label_cache is None:
-            names = self.individuals()
-            pos = {name: i for i, name in enumerate(names)}
-            rows = np.array([pos[x] for x in self._rec.individual_ids], dtype=np.int64)
-            self._label_cache = (names, rows)
+            self._label_cache = individual_rows(self._rec.individual_ids)
         return self._label_cache
 
     def search(
@@ -573,7 +570,7 @@ class Gallery:
         manifest_path = folder / MANIFEST_NAME
         if not manifest_path.is_file():
             raise GalleryError(f"{folder}: not a gallery (no {MANIFEST_NAME})")
-        manifest = _parse(
+        manifest = parse_json(
             _read_file(folder, MANIFEST_NAME, MAX_MANIFEST_BYTES),
             lambda why: GalleryError(f"{manifest_path}: unreadable manifest ({why})"),
         )
@@ -594,15 +591,7 @@ class Gallery:
         except UnicodeDecodeError as exc:
             raise GalleryError(f"{folder}: records file is not UTF-8 ({exc.reason})") from exc
         records = [
-            _Record.parse(
-                _parse(
-                    line,
-                    lambda why, n=n: GalleryError(
-                        f"{folder}: records line {n} is not JSON ({why})"
-                    ),
-                ),
-                f"{folder}: records line {n}",
-            )
+            _Record.from_line(line, f"{folder}: records line {n}")
             for n, line in enumerate(text.splitlines(), 1)
         ]
         if emb.ndim != 2 or len(emb) != m.count or len(records) != m.count:
@@ -657,10 +646,6 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_DATA_BYTES = 64 * 1024**3
 
 
-def _parse(data: str | bytes, fail: Any) -> Any:
-    return parse_json(data, fail)
-
-
 def _read_file(folder: Path, name: str, max_bytes: int) -> bytes:
     """A gallery file: a regular file inside the folder, never a link out of it."""
 
@@ -706,8 +691,10 @@ class _Manifest:
             _field(entry, "sha256", (str,), where)
             entries.append(entry)
         kind_value = data.get("embedding_kind", "embedding")
-        if kind_value not in EMBEDDING_KINDS:
-            raise GalleryError(f"{where}: unknown embedding_kind {kind_value!r}")
+        try:
+            kind = embedding_kind(kind_value)
+        except ConfigError as exc:
+            raise GalleryError(f"{where}: unknown embedding_kind {kind_value!r}") from exc
         aggregation = data.get("aggregation", "max")
         if aggregation not in AGGREGATIONS:
             raise GalleryError(f"{where}: unknown aggregation {aggregation!r}")
@@ -718,7 +705,7 @@ class _Manifest:
             count=count,
             dim=_field(data, "dim", (int, type(None)), where),
             fingerprint=_field(data, "fingerprint", (str, type(None)), where),
-            kind=embedding_kind(kind_value),
+            kind=kind,
             model_name=_field(data, "model_name", (str, type(None)), where),
             threshold=_threshold_or_none(data.get("new_individual_threshold"), where),
             aggregation=aggregation,
@@ -738,7 +725,8 @@ class _Record:
     metadata: dict[str, Any]
 
     @classmethod
-    def parse(cls, data: Any, where: str) -> _Record:
+    def from_line(cls, line: str, where: str) -> _Record:
+        data = parse_json(line, lambda why: GalleryError(f"{where} is not JSON ({why})"))
         if not isinstance(data, dict):
             raise GalleryError(f"{where}: malformed record (expected an object)")
         image_id, individual = data.get("image_id"), data.get("individual_id")

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, Union
@@ -65,6 +66,12 @@ _heif_registered = False
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
+def _positive_int(value: int, name: str) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def set_max_pixels(max_pixels: int) -> None:
     """Set the process-wide default pixel cap used by :func:`load_image`.
 
@@ -75,9 +82,7 @@ def set_max_pixels(max_pixels: int) -> None:
         ValueError: If ``max_pixels`` is not a positive integer.
     """
     global _max_pixels  # noqa: PLW0603 - a deliberate process-wide setting
-    if not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    _max_pixels = max_pixels
+    _max_pixels = _positive_int(max_pixels, "max_pixels")
 
 
 def get_max_pixels() -> int:
@@ -92,9 +97,7 @@ def set_max_file_bytes(max_bytes: int) -> None:
         ValueError: If ``max_bytes`` is not a positive integer.
     """
     global _max_file_bytes  # noqa: PLW0603 - a deliberate process-wide setting
-    if not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
-    _max_file_bytes = max_bytes
+    _max_file_bytes = _positive_int(max_bytes, "max_bytes")
 
 
 def get_max_file_bytes() -> int:
@@ -102,7 +105,7 @@ def get_max_file_bytes() -> int:
     return _max_file_bytes
 
 
-def _file_problem(name: str) -> Any:
+def _file_problem(name: str) -> Callable[[str], InvalidImageError]:
     def fail(reason: str) -> InvalidImageError:
         if reason == "is a directory, not a file":
             reason = "is a directory, not an image file"

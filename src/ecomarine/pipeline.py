@@ -150,11 +150,7 @@ class Pipeline(PretrainedMixin):
                 gate = False  # saved without a gate
         else:
             identifier_source = name_or_path
-        identifier = Identifier.from_pretrained(
-            identifier_source,
-            **_hub_kwargs(options),
-            device=device,
-        )
+        identifier = Identifier._from_source(LoadRequest(identifier_source, options, device))
         gate_obj = _gate(gate, default_gate, options, device)
         gal: Gallery | None = None
         if isinstance(gallery, Gallery):
@@ -324,7 +320,9 @@ class Pipeline(PretrainedMixin):
                 data = read_image_file(Path(os.fspath(source)), name)
             if isinstance(data, bytes | bytearray | memoryview):
                 digest = hashlib.sha256(data).hexdigest()
-            pixels = load_pixels(data, self._decode_size(), keep_aspect=self._keeps_aspect())
+            configs = self._preprocess_configs()
+            keep_aspect = any(pp.resize != "squash" for pp in configs)
+            pixels = load_pixels(data, decode_size(configs), keep_aspect=keep_aspect)
         except InvalidImageError as exc:
             return _Item(index, name, digest, error=exc.renamed(name))
         ident_pp = self.identifier.config.preprocess
@@ -341,17 +339,12 @@ class Pipeline(PretrainedMixin):
             return _Item(index, name, digest, error=error)
         return _Item(index, name, digest, gate_input, ident_input)
 
-    def _keeps_aspect(self) -> bool:
+    def _preprocess_configs(self) -> list[PreprocessConfig]:
+        """The inputs every network of the pipeline needs (decoding must serve them all)."""
         configs = [self.identifier.config.preprocess]
         if self.gate is not None:
             configs.append(self.gate.config.preprocess)
-        return any(pp.resize != "squash" for pp in configs)
-
-    def _decode_size(self) -> tuple[int, int]:
-        configs: list[PreprocessConfig] = [self.identifier.config.preprocess]
-        if self.gate is not None:
-            configs.append(self.gate.config.preprocess)
-        return decode_size(configs)
+        return configs
 
     def _run_batch(self, items: list[_Item]) -> Iterator[Prediction]:
         ok = [it for it in items if it.error is None]
@@ -493,15 +486,6 @@ def _part(folder: Path, value: object, where: Path, key: str) -> str | None:
     return str(folder / relative)
 
 
-def _hub_kwargs(options: HubOptions) -> dict[str, Any]:
-    return {
-        "revision": options.revision,
-        "cache_dir": options.cache_dir,
-        "local_files_only": options.local_files_only,
-        "token": options.token,
-    }
-
-
 def _gate(
     choice: GateChoice,
     default: str | os.PathLike[str] | None,
@@ -516,7 +500,7 @@ def _gate(
     name = choice if choice is not None else default
     if name is None:
         return _production_gate(options.cache_dir)
-    return Gate.from_pretrained(name, **_hub_kwargs(options), device=device)
+    return Gate._from_source(LoadRequest(name, options, device))
 
 
 def _production_gate(cache_dir: str | os.PathLike[str] | None) -> Gate:

@@ -24,7 +24,7 @@ from .index import VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .types import Match
 
-__all__ = ["Aggregation", "Hit", "rank_individuals", "rank_labelled"]
+__all__ = ["Aggregation", "Hit", "individual_rows", "rank_individuals", "rank_labelled"]
 
 _Arr = np.ndarray[Any, Any]
 _F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -47,6 +47,13 @@ class Hit:
     individual: int
     score: float
     image: int
+
+
+def individual_rows(image_ids: Sequence[str]) -> tuple[list[str], _Arr]:
+    """The sorted individual ids, and each image's row among them (what ranking takes)."""
+    names = sorted(set(image_ids))
+    pos = {name: i for i, name in enumerate(names)}
+    return names, np.array([pos[x] for x in image_ids], dtype=np.int64)
 
 
 def rank_individuals(
@@ -181,9 +188,7 @@ def rank_labelled(
         raise GalleryError("one id per vector is needed on both sides")
     if (gallery_groups is None) != (query_groups is None):
         raise GalleryError("pass groups for both the gallery and the queries, or neither")
-    names = sorted(set(gallery_ids))
-    pos = {name: i for i, name in enumerate(names)}
-    labels = np.array([pos[x] for x in gallery_ids], dtype=np.int64)
+    names, labels = individual_rows(gallery_ids)
     exclude = None
     if gallery_groups is not None and query_groups is not None:
         codes: dict[str, int] = {}
@@ -191,9 +196,8 @@ def rank_labelled(
         q_codes = np.array([codes.setdefault(g, len(codes)) for g in query_groups])
         exclude = (q_codes, g_codes)
         # An individual is "known" to a query only through images outside its group.
-        outside = {(gid, int(g)) for gid, g in zip(gallery_ids, g_codes.tolist(), strict=True)}
         groups_of: dict[str, set[int]] = {}
-        for gid, g in outside:
+        for gid, g in zip(gallery_ids, g_codes.tolist(), strict=True):
             groups_of.setdefault(gid, set()).add(g)
         truths = [
             q if groups_of.get(q, set()) - {int(c)} else NEW_INDIVIDUAL
