@@ -118,6 +118,17 @@ def test_pipeline_saved_without_a_gate_reloads_without_one(tmp_path: Path) -> No
     assert Pipeline.from_pretrained(folder).gate is None
 
 
+def test_pipeline_without_an_identifier_is_refused(tmp_path: Path) -> None:
+    """A null identifier must not fall back to the bundled model."""
+    folder = tmp_path / "p"
+    shutil.copytree(RELEASE / "pipeline", folder)
+    cfg = json.loads((folder / "pipeline.json").read_text())
+    cfg["identifier"] = None
+    (folder / "pipeline.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="'identifier' must name"):
+        Pipeline.from_pretrained(folder)
+
+
 @pytest.mark.parametrize("value", ["../outside", "/etc", "a/../../b"])
 def test_pipeline_parts_stay_inside_the_folder(tmp_path: Path, value: str) -> None:
     folder = tmp_path / "p"

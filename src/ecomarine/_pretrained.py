@@ -70,7 +70,8 @@ class LoadRequest:
 
     def source(self) -> Source:
         """The bundled weights, folder or Hub repository asked for."""
-        return resolve_source(self.name_or_path or "embedded", self.options)
+        name = "embedded" if self.name_or_path is None else self.name_or_path
+        return resolve_source(name, self.options)
 
 
 class PretrainedMixin:

@@ -462,8 +462,11 @@ def _read_pipeline_config(folder: Path) -> _SavedPipeline:
         raise ConfigError(f"{path}: unknown key(s) {unknown}")
     gallery = _part(folder, cfg.get("gallery"), path, "gallery")
     gate = cfg.get("gate")
+    identifier = _part(folder, cfg.get("identifier", "identifier"), path, "identifier")
+    if identifier is None:  # a pipeline without its identifier is no pipeline
+        raise ConfigError(f"{path}: 'identifier' must name the identifier's folder, not null")
     return _SavedPipeline(
-        identifier=_part(folder, cfg.get("identifier", "identifier"), path, "identifier") or "",
+        identifier=identifier,
         gate=None if gate is None else _part(folder, gate, path, "gate"),
         gallery=None if gallery is None else Path(gallery),
         embedding_kind=embedding_kind(
