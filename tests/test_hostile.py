@@ -687,6 +687,9 @@ def test_peak_memory_for_the_worst_inputs_is_bounded(tmp_path: Path, thin_png: P
     )
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
+    # The figures SECURITY.md quotes (shown with `pytest -s -k peak_memory`).
+    for path, (reason, extra) in measured.items():
+        print(f"peak memory: {Path(path).name}: +{extra / 2**20:.1f} MiB ({reason})")
     for path, (reason, extra) in measured.items():
         assert extra < MAX_EXTRA_BYTES, f"{path}: {extra / 2**20:.0f} MiB over the loaded pipeline"
         if not path.endswith(("huge.jpg", "square.png", "strip.png")):
