@@ -25,11 +25,15 @@ photos = sorted((belugas / "queries").glob("*.jpg"))
 predictions = list(pipe.predict_many(photos))
 
 # Dataset metadata goes to eml.xml; recordedBy/institutionCode/licence to every record.
+# The licence is the data owner's choice (GBIF accepts CC0-1.0, CC-BY-4.0, CC-BY-NC-4.0);
+# the dataset id is part of every occurrenceID, so keep it fixed across re-exports.
 dataset = DatasetMetadata(
     title="Cook Inlet beluga photo-identifications (example)",
     publisher="Example Marine Lab",
+    license="CC-BY-4.0",
     recorded_by="Example survey team",
     institution_code="EML",
+    dataset_id="example-cook-inlet",
 )
 # Per-photo values win over EXIF: here the survey date and position from the field log.
 field_log = {
@@ -41,5 +45,13 @@ field_log = {
     }
     for p in photos
 }
-write_dwca(out, predictions, dataset, per_image=field_log)
+# Photos published on the web: GBIF shows media only from public URLs.
+write_dwca(
+    out,
+    predictions,
+    dataset,
+    per_image=field_log,
+    media_base_url="https://example.org/belugas/queries/",
+    media_root=belugas / "queries",
+)
 print(f"wrote {out} with {len(predictions)} occurrences")

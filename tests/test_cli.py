@@ -99,6 +99,8 @@ def test_identify_gallery_and_exports(
             str(tmp_path / "r.jsonl"),
             "--dwca",
             str(tmp_path / "r.zip"),
+            "--license",
+            "CC-BY-4.0",
         ],
         capsys,
     )
@@ -124,6 +126,8 @@ def test_identify_gallery_and_exports(
             "T",
             "--publisher",
             "P",
+            "--license",
+            "CC0-1.0",
         ],
         capsys,
     )

@@ -99,6 +99,9 @@ def test_species_table_covers_happywhale() -> None:
     assert set(HAPPYWHALE_LABELS) <= set(SPECIES)
 
 
+LICENSED = DatasetMetadata(license="CC-BY-4.0")
+
+
 def _preds(tmp_path: Path) -> list[Prediction]:
     photo = _photo_with_exif(
         tmp_path / "w1.jpg", lat=-33.5, lon=151.25, when="2021:01:02 03:04:05", offset="+10:00"
@@ -117,6 +120,7 @@ def _preds(tmp_path: Path) -> list[Prediction]:
             new_individual_threshold=0.5,
             sha256="ab" * 32,
             model_id="embedded",
+            candidate_source="gallery",
         ),
         Prediction(
             str(other),
@@ -128,6 +132,7 @@ def _preds(tmp_path: Path) -> list[Prediction]:
             new_individual_threshold=0.5,
             sha256="cd" * 32,
             model_id="embedded",
+            candidate_source="gallery",
         ),
         Prediction(
             str(tmp_path / "shark.jpg"),
@@ -144,6 +149,7 @@ def test_to_occurrences(tmp_path: Path) -> None:
     preds = _preds(tmp_path)
     occ = to_occurrences(
         preds,
+        dataset=LICENSED,
         defaults={"recordedBy": "A. Observer"},
         per_image={preds[1].source or "": {"eventDate": "2020-05-01"}},
     )
@@ -162,13 +168,13 @@ def test_to_occurrences(tmp_path: Path) -> None:
     assert b["scientificName"] == "Orcinus orca"
     assert b["eventDate"] == "2020-05-01"
     # Stable ids: a re-export gives the same occurrenceID.
-    assert [o["occurrenceID"] for o in to_occurrences(preds)] == [
+    assert [o["occurrenceID"] for o in to_occurrences(preds, dataset=LICENSED)] == [
         a["occurrenceID"],
         b["occurrenceID"],
     ]
-    assert len(to_occurrences(preds, include_rejected=True)) == 3
+    assert len(to_occurrences(preds, dataset=LICENSED, include_rejected=True)) == 3
     with pytest.raises(DataError, match="not a Darwin Core term"):
-        to_occurrences(preds, defaults={"colour": "blue"})
+        to_occurrences(preds, dataset=LICENSED, defaults={"colour": "blue"})
 
 
 def test_archive_reads_back_with_python_dwca_reader(tmp_path: Path) -> None:
@@ -178,7 +184,9 @@ def test_archive_reads_back_with_python_dwca_reader(tmp_path: Path) -> None:
     out = write_dwca(
         tmp_path / "out.zip",
         preds,
-        DatasetMetadata(title="Test survey", publisher="Ocean Lab", recorded_by=nasty),
+        DatasetMetadata(
+            title="Test survey", publisher="Ocean Lab", recorded_by=nasty, license="CC-BY-4.0"
+        ),
     )
     with zipfile.ZipFile(out) as zf:
         assert sorted(zf.namelist()) == ["eml.xml", "meta.xml", "multimedia.txt", "occurrence.txt"]
@@ -214,5 +222,5 @@ def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
         pass
 
     with pytest.raises(DataError):
-        write_dwca(target, _preds(tmp_path), defaults={"notATerm": "x"})
+        write_dwca(target, _preds(tmp_path), LICENSED, defaults={"notATerm": "x"})
     assert target.read_bytes() == b"previous archive"

@@ -488,7 +488,7 @@ def test_killed_gallery_saves_leave_nothing_behind(tmp_path: Path) -> None:
         found = folder.iterdir() if folder.is_dir() else iter(())
         return sorted(p.name for p in found if p.name.endswith(".tmp"))
 
-    delays = [1.6 + 0.23 * i for i in range(12)]
+    delays = [1.6 + 0.23 * i for i in range(24)]  # a busy machine starts saving later
     while not leftovers() and delays:
         _kill_while(script, [delays.pop(0)])
     assert leftovers(), "no kill landed mid-write"
@@ -524,8 +524,8 @@ def test_killed_atomic_writes_are_cleaned_on_the_next_write(tmp_path: Path) -> N
 
 def test_formulas_are_neutralised_in_csv_and_darwin_core(tmp_path: Path) -> None:
     from ecomarine import Match, Prediction
-    from ecomarine.cli._common import write_predictions
-    from ecomarine.darwin_core import write_dwca
+    from ecomarine.darwin_core import DatasetMetadata, write_dwca
+    from ecomarine.results import ResultsWriter, read_results
 
     evil = "=cmd|' /C calc'!A0"
     pred = Prediction(
@@ -535,8 +535,11 @@ def test_formulas_are_neutralised_in_csv_and_darwin_core(tmp_path: Path) -> None
         species="@beluga",
         individual_id=evil,
         candidates=(Match(evil, 0.8),),
+        candidate_source="gallery",
     )
-    write_predictions(tmp_path / "r.csv", [pred])
+    with ResultsWriter(tmp_path / "r.csv") as writer:
+        writer.write(pred)
+    assert read_results(tmp_path / "r.csv") == [pred]  # the quote is undone on reading
     text = (tmp_path / "r.csv").read_text()
     assert "'=cmd" in text
     assert "'@beluga" in text
@@ -544,7 +547,7 @@ def test_formulas_are_neutralised_in_csv_and_darwin_core(tmp_path: Path) -> None
     assert ",@" not in text
     import zipfile
 
-    write_dwca(tmp_path / "d.zip", [pred])
+    write_dwca(tmp_path / "d.zip", [pred], DatasetMetadata(license="CC0-1.0"))
     with zipfile.ZipFile(tmp_path / "d.zip") as zf:
         occurrences = zf.read("occurrence.txt").decode()
     assert "\t'=cmd" in occurrences
@@ -595,12 +598,13 @@ def test_export_dwc_survives_odd_records(
     good = Prediction(source=long_name, is_cetacean=True, gate_score=0.9).to_dict()
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps(good) + "\n")
-    assert main(["export-dwc", str(results), "--out", str(tmp_path / "a.zip")]) == 0
+    license_ = ["--license", "CC-BY-4.0"]
+    assert main(["export-dwc", str(results), "--out", str(tmp_path / "a.zip"), *license_]) == 0
     assert (tmp_path / "a.zip").is_file()
     capsys.readouterr()
     huge = dict(good, gate_score=int("9" * 400))
     results.write_text(json.dumps(huge) + "\n")
-    assert main(["export-dwc", str(results), "--out", str(tmp_path / "b.zip")]) == 2
+    assert main(["export-dwc", str(results), "--out", str(tmp_path / "b.zip"), *license_]) == 2
     assert "r.jsonl:1" in _one_line_error(capsys)
 
 

@@ -125,7 +125,11 @@ def test_head_candidates_without_gallery(examples_dir: Path) -> None:
     pipe = Pipeline(tiny_identifier(), gate=None, top_k=2)
     pred = pipe.predict(next((examples_dir / "belugas" / "queries").glob("*.jpg")))
     assert [len(pred.candidates)] == [2]
-    assert pred.individual_id in ("w1", "w2", "w3")
+    assert pred.candidates[0].individual_id in ("w1", "w2", "w3")
+    # The head ranks the model's own training individuals: hints, not an identification.
+    assert pred.candidate_source == "head"
+    assert pred.individual_id is None
+    assert pred.species is None  # a one-species head says nothing about species
 
 
 def test_cancelled_iteration_leaves_no_threads(

@@ -31,8 +31,9 @@ def _all_fields(cls: type[Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, 
 
 def test_every_field_has_an_option_and_help() -> None:
     reachable = {leaf.path for leaf in leaves(TrainConfig)}
-    # `command` records the command line itself; it is the one field the CLI sets.
-    assert _all_fields(TrainConfig) - reachable == {("command",)}
+    # `command` records the command line itself; `columns` is set by the catalogue column
+    # options shared with gallery build/add and evaluate (test_columns_reach_the_config).
+    assert _all_fields(TrainConfig) - reachable == {("command",), ("columns",)}
     assert all(leaf.spec.help for leaf in leaves(TrainConfig))
 
 
@@ -101,6 +102,14 @@ def test_every_option_sets_its_field(
         assert got == value, path
         if path not in {("csv",), ("images",), ("out",)}:
             assert got != default, f"{path}: the test value must differ from the default"
+
+
+def test_columns_reach_the_config(examples_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = str(examples_dir / "belugas" / "gallery.csv")
+    base = ["train", "--csv", csv, "--images", ".", "--out", "m", "--print-config"]
+    assert main([*base, "--id-column", "whale_id", "--column", "species=taxon"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["columns"] == {"species": "taxon", "individual_id": "whale_id"}
 
 
 @pytest.mark.parametrize(

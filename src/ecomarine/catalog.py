@@ -7,7 +7,7 @@ catalogues through it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "Sample",
+    "check_column_map",
     "read_catalog_csv",
     "split_by_group_hash",
 ]
@@ -60,8 +61,32 @@ class Sample:
         return out
 
 
+def check_column_map(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """A column mapping (our name -> the CSV's column), checked.
+
+    Raises:
+        DataError: For a key that is not one of :data:`REQUIRED_COLUMNS` or
+            :data:`OPTIONAL_COLUMNS`, an empty column name, or two names on one column.
+    """
+    mapping = dict(columns or {})
+    known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+    for ours, theirs in mapping.items():
+        if ours not in known:
+            raise DataError(f"unknown catalogue field {ours!r}; expected one of {list(known)}")
+        if not theirs.strip():
+            raise DataError(f"empty column name for {ours!r}")
+    taken = list(mapping.values())
+    if len(set(taken)) != len(taken):
+        raise DataError(f"one CSV column mapped to several fields: {mapping}")
+    return mapping
+
+
 def read_catalog_csv(
-    csv_path: str | Path, images_dir: str | Path | None = None, *, check_files: bool = True
+    csv_path: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    check_files: bool = True,
+    columns: Mapping[str, str] | None = None,
 ) -> list[Sample]:
     """Read a catalogue CSV: ``image,individual_id[,species,encounter,date,latitude,longitude]``.
 
@@ -69,6 +94,8 @@ def read_catalog_csv(
         csv_path: The CSV file (UTF-8, optionally with a BOM).
         images_dir: Folder that ``image`` paths are relative to (default: the CSV's).
         check_files: Refuse the CSV when image files are missing.
+        columns: The CSV's own column names, by field: ``{"individual_id": "whale_id",
+            "image": "path"}``. Fields not given use their own name.
 
     Raises:
         DataError: Missing columns, bad encoding, empty ids, bad coordinates, duplicate
@@ -76,10 +103,22 @@ def read_catalog_csv(
     """
     path = Path(csv_path)
     root = Path(images_dir) if images_dir is not None else path.parent
-    fields, rows = read_csv(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in fields]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {fields}")
+    mapping = check_column_map(columns)
+    fields, raw_rows = read_csv(path)
+    missing = [mapping.get(c, c) for c in REQUIRED_COLUMNS if mapping.get(c, c) not in fields]
+    absent = [theirs for theirs in mapping.values() if theirs not in fields]
+    if missing or absent:
+        hint = "" if mapping else " (map your own names with --id-column/--image-column/--column)"
+        raise DataError(
+            f"{path}: missing column(s) {sorted(set(missing + absent))}; found {fields}{hint}"
+        )
+    rows = [
+        {
+            ours: row.get(mapping.get(ours, ours), "")
+            for ours in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+        }
+        for row in raw_rows
+    ]
     samples: list[Sample] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):

@@ -1,11 +1,19 @@
 """Darwin Core occurrence records and GBIF-ready Darwin Core Archives.
 
 One ``Occurrence`` per accepted prediction (``basisOfRecord = MachineObservation``),
-with the individual as ``organismID``, a stable ``occurrenceID`` (image content hash +
-model, so re-exports do not duplicate records), taxon terms from :mod:`ecomarine.species`,
-date and coordinates from EXIF unless the caller supplies them, and a Simple Multimedia
-extension row linking each image. Archives are tab-separated UTF-8 with quoted fields
-(so tabs and newlines inside values survive), and are written atomically.
+with the individual as ``organismID`` (only for a catalogue match), a stable
+``occurrenceID``, taxon terms from :mod:`ecomarine.species` (falling back to *Cetacea*
+when the species has no evidence), date and coordinates from EXIF unless a sidecar or
+the caller supplies them, and a Simple Multimedia extension row linking each image.
+
+``occurrenceID`` is ``urn:ecomarine:<dataset id>:<first 32 hex digits of the photo's
+SHA-256>``: it depends only on the photo's content and the dataset, never on the model,
+so re-running with a better model and re-publishing updates GBIF's records instead of
+duplicating them. The model that made each identification is named in ``identifiedBy``,
+``identificationRemarks`` and the EML's methods.
+
+Archives are tab-separated UTF-8 with quoted fields (so tabs and newlines inside values
+survive), and are written atomically.
 """
 
 from __future__ import annotations
@@ -13,29 +21,36 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 from xml.etree import ElementTree as ET
 
 from ._atomic import atomic_write
 from ._files import safe_is_file
-from ._text import spreadsheet_safe
+from ._text import read_csv, spreadsheet_safe
 from ._version import __version__
 from .errors import DataError
 from .exif import read_exif_event
-from .species import lookup_species
+from .species import CETACEA, lookup_species
 from .types import Prediction
 
 __all__ = [
+    "LICENSES",
     "MULTIMEDIA_TERMS",
     "OCCURRENCE_TERMS",
     "USER_TERMS",
     "DatasetMetadata",
+    "license_uri",
+    "occurrence_id",
+    "read_sidecar",
     "to_multimedia",
     "to_occurrences",
     "write_dwca",
@@ -46,19 +61,58 @@ DC = "http://purl.org/dc/terms/"
 OCCURRENCE_ROW = DWC + "Occurrence"
 MULTIMEDIA_ROW = "http://rs.gbif.org/terms/1.0/Multimedia"
 
-#: Terms a caller may set (defaults, per-image values); the rest ecomarine fills in.
+#: The licences GBIF accepts for occurrence data, by short name.
+LICENSES: dict[str, str] = {
+    "CC0-1.0": "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
+    "CC-BY-4.0": "http://creativecommons.org/licenses/by/4.0/legalcode",
+    "CC-BY-NC-4.0": "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
+}
+
+#: Terms a caller may set (defaults, sidecar columns, per-image values); ecomarine fills
+#: in the rest. Columns appear in the archive only when some record has a value.
 USER_TERMS: tuple[str, ...] = (
     "institutionCode",
     "collectionCode",
     "datasetName",
+    "datasetID",
     "license",
     "rightsHolder",
+    "accessRights",
+    "bibliographicCitation",
+    "references",
     "recordedBy",
+    "recordNumber",
+    "eventID",
+    "parentEventID",
     "eventDate",
+    "eventTime",
+    "habitat",
+    "samplingProtocol",
+    "samplingEffort",
+    "fieldNumber",
+    "fieldNotes",
+    "eventRemarks",
+    "locationID",
+    "higherGeography",
+    "waterBody",
+    "country",
+    "countryCode",
+    "stateProvince",
+    "locality",
+    "locationRemarks",
     "decimalLatitude",
     "decimalLongitude",
     "geodeticDatum",
+    "coordinateUncertaintyInMeters",
+    "minimumDepthInMeters",
+    "maximumDepthInMeters",
+    "sex",
+    "lifeStage",
+    "behavior",
+    "organismName",
+    "organismRemarks",
 )
+_DC_TERMS = ("license", "rightsHolder", "accessRights", "bibliographicCitation", "references")
 _COMPUTED_TERMS = (
     "scientificName",
     "vernacularName",
@@ -77,11 +131,23 @@ _COMPUTED_TERMS = (
     "identificationRemarks",
     "associatedMedia",
 )
-#: Core columns, in order, with their term URIs.
+#: Every core column ecomarine may write, in order, with its term URI.
 OCCURRENCE_TERMS: dict[str, str] = {
-    name: (DC if name in ("license", "rightsHolder") else DWC) + name
+    name: (DC if name in _DC_TERMS else DWC) + name
     for name in ("occurrenceID", "basisOfRecord", *USER_TERMS, *_COMPUTED_TERMS)
 }
+#: Always written, even when empty.
+_ALWAYS = (
+    "occurrenceID",
+    "basisOfRecord",
+    "license",
+    "recordedBy",
+    "eventDate",
+    "decimalLatitude",
+    "decimalLongitude",
+    "geodeticDatum",
+    *_COMPUTED_TERMS,
+)
 #: Simple Multimedia extension columns (after the core id).
 MULTIMEDIA_TERMS: dict[str, str] = {
     name: DC + name
@@ -96,6 +162,34 @@ MULTIMEDIA_TERMS: dict[str, str] = {
         "rightsHolder",
     )
 }
+_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Column names a sidecar CSV may use for the photo.
+SIDECAR_PHOTO_COLUMNS = ("photo", "image", "source", "file")
+
+
+def license_uri(value: str) -> str:
+    """The licence URI for a short name (``CC-BY-4.0``) or one of GBIF's licence URIs.
+
+    Raises:
+        DataError: For any other licence (GBIF accepts only CC0, CC-BY and CC-BY-NC).
+    """
+
+    def norm(text: str) -> str:
+        text = text.strip().lower().replace("https://", "http://").rstrip("/")
+        return text.removesuffix("/legalcode").rstrip("/")
+
+    for name, uri in LICENSES.items():
+        if norm(value) in (name.lower(), norm(uri)):
+            return uri
+    raise DataError(
+        f"licence {value!r} is not one GBIF accepts; choose one of {', '.join(LICENSES)}"
+    )
+
+
+def dataset_slug(title: str) -> str:
+    """A dataset id made from a title: lowercase words joined by ``-`` (at most 64)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:64].strip("-")
+    return slug or "dataset"
 
 
 @dataclass(frozen=True)
@@ -103,45 +197,194 @@ class DatasetMetadata:
     """Dataset-level metadata for ``eml.xml`` and default record values.
 
     Attributes:
-        title: Dataset title. publisher: Publishing organisation. license: A licence URI
-        or name (GBIF accepts CC0, CC-BY 4.0, CC-BY-NC 4.0). description: Abstract.
-        contact_name / contact_email: Resource contact. recorded_by: Default recordedBy.
-        institution_code: Default institutionCode. language: ISO 639-1 code.
+        title: Dataset title.
+        publisher: Publishing organisation.
+        license: Required: a short name from :data:`LICENSES` or its URI (GBIF accepts
+            CC0, CC-BY 4.0 and CC-BY-NC 4.0). There is no default: publishing data under
+            a licence is the data owner's choice.
+        description: Abstract.
+        contact_name: Resource contact's name.
+        contact_email: Resource contact's e-mail.
+        recorded_by: Default ``recordedBy``.
+        institution_code: Default ``institutionCode``.
+        language: ISO 639-1 code.
+        dataset_id: The dataset part of every ``occurrenceID`` (letters, digits, ``.``,
+            ``_``, ``-``); default: made from the title. Keep it fixed across re-exports.
+        extra_defaults: Values of other user terms for every record.
     """
 
     title: str = "Cetacean photo-identifications made with ecomarine"
     publisher: str = "unknown"
-    license: str = "http://creativecommons.org/licenses/by/4.0/legalcode"
+    license: str | None = None
     description: str = "Machine identifications of individual cetaceans from photographs."
     contact_name: str | None = None
     contact_email: str | None = None
     recorded_by: str | None = None
     institution_code: str | None = None
     language: str = "en"
+    dataset_id: str | None = None
     extra_defaults: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.dataset_id is not None and not _DATASET_ID.match(self.dataset_id):
+            raise DataError(
+                f"dataset id {self.dataset_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
 
-def _occurrence_id(pred: Prediction) -> str:
+    @property
+    def resolved_dataset_id(self) -> str:
+        """The dataset id in occurrence ids: :attr:`dataset_id`, else from the title."""
+        return self.dataset_id or dataset_slug(self.title)
+
+    def license_uri(self) -> str:
+        """The licence URI.
+
+        Raises:
+            DataError: When no licence was chosen, or GBIF does not accept it.
+        """
+        if not self.license:
+            raise DataError(
+                "choose a licence for the records (GBIF accepts "
+                f"{', '.join(LICENSES)}); nothing is published under a default"
+            )
+        return license_uri(self.license)
+
+
+def occurrence_id(pred: Prediction, dataset_id: str) -> str:
+    """The stable ``occurrenceID`` of a photo's record: dataset + photo content.
+
+    Photos without a content hash (in-memory sources) fall back to a hash of ``source``.
+    """
     content = pred.sha256 or hashlib.sha256((pred.source or "").encode()).hexdigest()
-    model = pred.model_id or "unknown-model"
-    return f"urn:ecomarine:{content[:32]}:{model}"
+    return f"urn:ecomarine:{dataset_id}:{content[:32]}"
 
 
 def _remarks(pred: Prediction) -> str:
-    parts = []
+    parts = [f"model {pred.model_id or 'unknown'}"]
     if pred.gate_score is not None:
         parts.append(f"gate score {pred.gate_score:.3f}")
     if pred.candidates:
         best = pred.candidates[0]
+        if pred.candidate_source == "head":
+            parts.append("candidates from the model's own training individuals, not a catalogue")
         parts.append(f"best match {best.individual_id} ({best.score:.3f})")
         parts.append(
             "candidates: " + ", ".join(f"{m.individual_id} {m.score:.3f}" for m in pred.candidates)
         )
     if pred.new_individual_threshold is not None:
         parts.append(f"new-individual threshold {pred.new_individual_threshold:.3f}")
+    if pred.species is None and pred.accepted:
+        parts.append("species not determined (no evidence beyond Cetacea)")
     if pred.rejection_reason:
         parts.append(f"rejected: {pred.rejection_reason}")
     return "; ".join(parts)
+
+
+def _check_terms(values: Mapping[str, str], where: str) -> None:
+    for key, value in values.items():
+        if key not in USER_TERMS:
+            raise DataError(
+                f"{where}: {key!r} is not a Darwin Core term you can set: {list(USER_TERMS)}"
+            )
+        if key in ("decimalLatitude", "decimalLongitude") and value:
+            bound = 90.0 if key == "decimalLatitude" else 180.0
+            try:
+                x = float(value)
+            except ValueError as exc:
+                raise DataError(f"{where}: {key} {value!r} is not a number") from exc
+            if not (math.isfinite(x) and -bound <= x <= bound):
+                raise DataError(f"{where}: {key} {value!r} outside [-{bound:g}, {bound:g}]")
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """Per-photo Darwin Core values from a CSV: a photo column plus term columns.
+
+    The photo column is named ``photo`` (or ``image``, ``source``, ``file``) and holds the
+    path as given to ``ecomarine identify``, the path relative to the input folder, or
+    the file name; every other column must be a term of :data:`USER_TERMS`
+    (``eventDate``, ``decimalLatitude``, ``locality``, ``recordedBy``, ...). Empty cells
+    are left out, so EXIF or defaults fill them.
+
+    Raises:
+        DataError: No photo column, unknown terms, duplicate photos or bad coordinates;
+            the message names the file and line.
+    """
+    where = Path(path)
+    columns, rows = read_csv(where, "sidecar CSV")
+    photo_col = next((c for c in SIDECAR_PHOTO_COLUMNS if c in columns), None)
+    if photo_col is None:
+        raise DataError(f"{where}: no photo column (one of {list(SIDECAR_PHOTO_COLUMNS)})")
+    unknown = [c for c in columns if c != photo_col and c not in USER_TERMS]
+    if unknown:
+        raise DataError(
+            f"{where}: column(s) {unknown} are not Darwin Core terms you can set: {list(USER_TERMS)}"
+        )
+    out: dict[str, dict[str, str]] = {}
+    for line, row in enumerate(rows, start=2):
+        photo = row.get(photo_col, "")
+        if not photo:
+            raise DataError(f"{where}:{line}: empty {photo_col}")
+        if photo in out:
+            raise DataError(f"{where}:{line}: photo {photo!r} appears twice")
+        values = {k: v for k, v in row.items() if k != photo_col and v}
+        _check_terms(values, f"{where}:{line}")
+        out[photo] = values
+    return out
+
+
+class _PerImage:
+    """Per-photo values found by the photo's path, its path under a root, or its name."""
+
+    def __init__(self, values: Mapping[str, Mapping[str, str]], root: Path | None) -> None:
+        self.values = values
+        self.root = root
+        names: dict[str, list[str]] = {}
+        for key in values:
+            names.setdefault(PurePosixPath(key.replace("\\", "/")).name, []).append(key)
+        self.by_name = {n: keys[0] for n, keys in names.items() if len(keys) == 1}
+        self.used: set[str] = set()
+
+    def get(self, source: str | None) -> Mapping[str, str]:
+        if not source:
+            return {}
+        keys = [source, Path(source).as_posix()]
+        relative = _relative(source, self.root)
+        if relative is not None:
+            keys.append(relative)
+        keys.append(self.by_name.get(Path(source).name, ""))
+        for key in keys:
+            if key in self.values:
+                self.used.add(key)
+                return self.values[key]
+        return {}
+
+
+def _relative(source: str, root: Path | None) -> str | None:
+    """``source`` relative to ``root`` in POSIX form, or ``None`` when it is not under it."""
+    if root is None:
+        return None
+    try:
+        return Path(source).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def media_url(source: str, base_url: str | None, root: Path | None) -> str:
+    """Where a photo can be found: ``base_url`` + its path under ``root``, else the path.
+
+    Raises:
+        DataError: With a base URL, for a photo outside ``root`` (or absolute, without one).
+    """
+    if not base_url:
+        return source
+    relative = _relative(source, root) if root is not None else None
+    if relative is None:
+        if root is not None or Path(source).is_absolute():
+            raise DataError(
+                f"{source}: not under the media root {root or '(none)'}; cannot make its URL"
+            )
+        relative = Path(source).as_posix()
+    return base_url.rstrip("/") + "/" + quote(relative)
 
 
 def to_occurrences(
@@ -152,31 +395,49 @@ def to_occurrences(
     per_image: Mapping[str, Mapping[str, str]] | None = None,
     include_rejected: bool = False,
     read_exif: bool = True,
+    media_base_url: str | None = None,
+    media_root: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, str]]:
     """Darwin Core Occurrence records (term name -> value) for predictions.
 
+    Values are filled in this order, later ones winning: EXIF (date, coordinates), the
+    dataset's and ``defaults``' values, then ``per_image``.
+
     Args:
         predictions: From :meth:`Pipeline.predict_many` or a results file.
-        dataset: Supplies ``recordedBy``, ``institutionCode`` and ``license`` defaults.
+        dataset: Supplies the licence (required), ``recordedBy``, ``institutionCode`` and
+            the dataset id of the occurrence ids.
         defaults: Values for user terms (``recordedBy``, ``eventDate``, ...) for every record.
-        per_image: Values per ``source``; these win over EXIF and ``defaults``.
+        per_image: Values per photo (a sidecar, see :func:`read_sidecar`), keyed by the
+            photo's ``source``, its path relative to ``media_root``, or its file name.
         include_rejected: Keep predictions the gate rejected (off by default).
         read_exif: Fill ``eventDate`` and coordinates from the photo's EXIF.
+        media_base_url: Where the photos are published (``https://…/photos/``);
+            ``associatedMedia`` and the multimedia links become this URL plus the photo's
+            path relative to ``media_root``. Without it they are local paths, which GBIF
+            cannot show.
+        media_root: The folder photo paths are made relative to (default: the working
+            directory for relative paths).
 
     Raises:
-        DataError: For a ``defaults`` key that is not a Darwin Core term this module writes.
+        DataError: For a key that is not a Darwin Core term you can set, bad coordinates,
+            no licence, or a photo outside ``media_root`` when a base URL is given.
     """
     ds = dataset or DatasetMetadata()
-    base: dict[str, str] = {"license": ds.license, **ds.extra_defaults}
+    base: dict[str, str] = {"license": ds.license_uri(), **ds.extra_defaults}
     if ds.recorded_by:
         base["recordedBy"] = ds.recorded_by
     if ds.institution_code:
         base["institutionCode"] = ds.institution_code
-    for key in list(defaults or {}) + [k for v in (per_image or {}).values() for k in v]:
-        if key not in USER_TERMS:
-            raise DataError(f"{key!r} is not a Darwin Core term you can set: {list(USER_TERMS)}")
+    _check_terms(base, "dataset defaults")
+    _check_terms(defaults or {}, "defaults")
+    for key, values in (per_image or {}).items():
+        _check_terms(values, f"values for {key}")
     base.update(defaults or {})
+    root = None if media_root is None else Path(media_root)
+    lookup = _PerImage(per_image or {}, root)
     today = date.today().isoformat()
+    dataset_id = ds.resolved_dataset_id
     out = []
     for pred in predictions:
         if pred.rejection_reason and not include_rejected:
@@ -185,37 +446,62 @@ def to_occurrences(
         if read_exif and pred.source and safe_is_file(pred.source):
             rec.update(read_exif_event(pred.source))
         rec.update({k: v for k, v in base.items() if v is not None})
-        rec.update((per_image or {}).get(pred.source or "", {}))
+        rec.update(lookup.get(pred.source))
         taxon = lookup_species(pred.species)
         if taxon is not None:
             rec.update(taxon.terms())
         elif pred.species:
-            rec["vernacularName"] = pred.species
+            rec.update(CETACEA.terms(), vernacularName=pred.species)
+        elif pred.accepted:
+            rec.update(CETACEA.terms())  # the gate's verdict is the evidence: a cetacean
+        matched = pred.candidate_source == "gallery" and not pred.is_new_individual
         rec.update(
-            occurrenceID=_occurrence_id(pred),
+            occurrenceID=occurrence_id(pred, dataset_id),
             basisOfRecord="MachineObservation",
-            organismID=pred.individual_id or "" if not pred.is_new_individual else "",
+            organismID=(pred.individual_id or "") if matched else "",
             occurrenceRemarks="new individual (not in the catalogue)"
             if pred.is_new_individual
             else rec["occurrenceRemarks"],
-            identifiedBy=f"ecomarine {__version__} ({pred.model_id or 'unknown model'})",
+            identifiedBy=f"ecomarine {__version__} (model {pred.model_id or 'unknown'})",
             dateIdentified=today,
             identificationVerificationStatus="unverified",
             identificationRemarks=_remarks(pred),
-            associatedMedia=pred.source or "",
+            associatedMedia=media_url(pred.source, media_base_url, root) if pred.source else "",
         )
         out.append(rec)
     return out
 
 
+_MEDIA_FORMATS = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "heic": "image/heic",
+    "heif": "image/heif",
+}
+
+
 def to_multimedia(
-    predictions: Iterable[Prediction], occurrences: Sequence[Mapping[str, str]]
+    predictions: Iterable[Prediction],
+    occurrences: Sequence[Mapping[str, str]],
+    *,
+    dataset_id: str | None = None,
 ) -> list[dict[str, str]]:
-    """One Simple Multimedia row per occurrence, linking its image (``coreid`` first)."""
+    """One Simple Multimedia row per occurrence, linking its image (``coreid`` first).
+
+    Args:
+        predictions: The predictions the occurrences were made from.
+        occurrences: From :func:`to_occurrences`.
+        dataset_id: The dataset id used there (default: that of ``DatasetMetadata()``).
+    """
+    ds_id = dataset_id or DatasetMetadata().resolved_dataset_id
     by_id = {o["occurrenceID"]: o for o in occurrences}
     rows = []
     for pred in predictions:
-        occ = by_id.get(_occurrence_id(pred))
+        occ = by_id.get(occurrence_id(pred, ds_id))
         if occ is None or not pred.source:
             continue
         suffix = Path(pred.source).suffix.lower().lstrip(".")
@@ -223,15 +509,8 @@ def to_multimedia(
             {
                 "coreid": occ["occurrenceID"],
                 "type": "StillImage",
-                "format": {
-                    "jpg": "image/jpeg",
-                    "jpeg": "image/jpeg",
-                    "png": "image/png",
-                    "webp": "image/webp",
-                    "tif": "image/tiff",
-                    "tiff": "image/tiff",
-                }.get(suffix, ""),
-                "identifier": pred.source,
+                "format": _MEDIA_FORMATS.get(suffix, ""),
+                "identifier": occ.get("associatedMedia") or pred.source,
                 "title": Path(pred.source).name,
                 "created": occ.get("eventDate", ""),
                 "creator": occ.get("recordedBy", ""),
@@ -240,6 +519,12 @@ def to_multimedia(
             }
         )
     return rows
+
+
+def _columns(occurrences: Sequence[Mapping[str, str]]) -> list[str]:
+    """Core columns: the fixed ones, plus every user term some record has a value for."""
+    used = {k for o in occurrences for k, v in o.items() if v}
+    return [t for t in OCCURRENCE_TERMS if t in _ALWAYS or t in used]
 
 
 def _tsv(header: Sequence[str], rows: Iterable[Mapping[str, str]]) -> bytes:
@@ -254,7 +539,7 @@ def _tsv(header: Sequence[str], rows: Iterable[Mapping[str, str]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _meta_xml() -> bytes:
+def _meta_xml(columns: Sequence[str]) -> bytes:
     ET.register_namespace("", "http://rs.tdwg.org/dwc/text/")
     ns = "{http://rs.tdwg.org/dwc/text/}"
     archive = ET.Element(ns + "archive", {"metadata": "eml.xml"})
@@ -268,8 +553,8 @@ def _meta_xml() -> bytes:
     core = ET.SubElement(archive, ns + "core", {**attrs, "rowType": OCCURRENCE_ROW})
     ET.SubElement(ET.SubElement(core, ns + "files"), ns + "location").text = "occurrence.txt"
     ET.SubElement(core, ns + "id", {"index": "0"})
-    for i, uri in enumerate(OCCURRENCE_TERMS.values()):
-        ET.SubElement(core, ns + "field", {"index": str(i), "term": uri})
+    for i, name in enumerate(columns):
+        ET.SubElement(core, ns + "field", {"index": str(i), "term": OCCURRENCE_TERMS[name]})
     ext = ET.SubElement(archive, ns + "extension", {**attrs, "rowType": MULTIMEDIA_ROW})
     ET.SubElement(ET.SubElement(ext, ns + "files"), ns + "location").text = "multimedia.txt"
     ET.SubElement(ext, ns + "coreid", {"index": "0"})
@@ -278,7 +563,7 @@ def _meta_xml() -> bytes:
     return bytes(ET.tostring(archive, encoding="utf-8", xml_declaration=True))
 
 
-def _eml_xml(ds: DatasetMetadata, package_id: str) -> bytes:
+def _eml_xml(ds: DatasetMetadata, package_id: str, models: Sequence[str]) -> bytes:
     eml_ns = "eml://ecoinformatics.org/eml-2.1.1"
     ET.register_namespace("eml", eml_ns)
     root = ET.Element(
@@ -298,13 +583,23 @@ def _eml_xml(ds: DatasetMetadata, package_id: str) -> bytes:
     ET.SubElement(dataset, "pubDate").text = date.today().isoformat()
     ET.SubElement(dataset, "language").text = ds.language
     ET.SubElement(ET.SubElement(dataset, "abstract"), "para").text = ds.description
-    ET.SubElement(ET.SubElement(dataset, "intellectualRights"), "para").text = ds.license
+    ET.SubElement(
+        ET.SubElement(dataset, "intellectualRights"), "para"
+    ).text = f"This work is licensed under {ds.license_uri()}"
     contact = ET.SubElement(dataset, "contact")
     if ds.contact_name:
         ET.SubElement(ET.SubElement(contact, "individualName"), "surName").text = ds.contact_name
     ET.SubElement(contact, "organizationName").text = ds.publisher
     if ds.contact_email:
         ET.SubElement(contact, "electronicMailAddress").text = ds.contact_email
+    step = ET.SubElement(ET.SubElement(dataset, "methods"), "methodStep")
+    ET.SubElement(ET.SubElement(step, "description"), "para").text = (
+        f"Individuals identified by machine with ecomarine {__version__}, "
+        f"model(s): {', '.join(models) or 'unknown'}. Photos were screened by a "
+        "cetacean gate, embedded by the model and matched against a catalogue of known "
+        "individuals; records are unverified machine observations (see each record's "
+        "identificationRemarks for scores and candidates)."
+    )
     return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
@@ -319,23 +614,30 @@ def write_dwca(
     Args:
         path: The ``.zip`` to write.
         predictions: Predictions to export (rejected ones are left out by default).
-        metadata: Dataset metadata (``eml.xml``) and record defaults.
-        **kwargs: Passed to :func:`to_occurrences` (``defaults``, ``per_image``, ...).
+        metadata: Dataset metadata (``eml.xml``) and record defaults; its licence is
+            required.
+        **kwargs: Passed to :func:`to_occurrences` (``defaults``, ``per_image``,
+            ``media_base_url``, ...).
+
+    Raises:
+        DataError: See :func:`to_occurrences`; nothing is written then.
     """
     preds = list(predictions)
     ds = metadata or DatasetMetadata()
     occurrences = to_occurrences(preds, dataset=ds, **kwargs)
-    media = to_multimedia(preds, occurrences)
+    media = to_multimedia(preds, occurrences, dataset_id=ds.resolved_dataset_id)
+    columns = _columns(occurrences)
     package = hashlib.sha256("".join(o["occurrenceID"] for o in occurrences).encode()).hexdigest()[
         :16
     ]
+    models = sorted({p.model_id for p in preds if p.model_id})
     target = Path(path)
     with (
         atomic_write(target) as fh,
         zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf,
     ):
-        zf.writestr("meta.xml", _meta_xml())
-        zf.writestr("eml.xml", _eml_xml(ds, f"ecomarine-{package}"))
-        zf.writestr("occurrence.txt", _tsv(list(OCCURRENCE_TERMS), occurrences))
+        zf.writestr("meta.xml", _meta_xml(columns))
+        zf.writestr("eml.xml", _eml_xml(ds, f"ecomarine-{package}", models))
+        zf.writestr("occurrence.txt", _tsv(columns, occurrences))
         zf.writestr("multimedia.txt", _tsv(["coreid", *MULTIMEDIA_TERMS], media))
     return target

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,15 +76,21 @@ def evaluate_open_set(
     calibration_new_fraction: float | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EvaluationReport:
     """Embed both sets, search, and compute every metric.
 
     The threshold is, in order: ``threshold``; else calibrated on
     ``calibration_samples`` queried against the gallery; else the identifier's shipped
     one; else none (``new_individual`` is then ranked after the five candidates).
+    ``progress`` is called with the number of photos embedded after each batch.
     """
     g_emb = identifier.embed(
-        [s.path for s in gallery_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
+        [s.path for s in gallery_samples],
+        batch_size=batch_size,
+        kind=kind,
+        num_workers=num_workers,
+        progress=progress,
     )
     g_ids = [s.individual_id for s in gallery_samples]
     source = "argument"
@@ -94,6 +100,7 @@ def evaluate_open_set(
             batch_size=batch_size,
             kind=kind,
             num_workers=num_workers,
+            progress=progress,
         )
         # Calibration queries must not find themselves: search a gallery without them.
         own = {s.image for s in calibration_samples}
@@ -110,7 +117,11 @@ def evaluate_open_set(
         threshold = identifier.threshold_for(kind)
         source = "shipped with the model" if threshold is not None else "none"
     q_emb = identifier.embed(
-        [s.path for s in query_samples], batch_size=batch_size, kind=kind, num_workers=num_workers
+        [s.path for s in query_samples],
+        batch_size=batch_size,
+        kind=kind,
+        num_workers=num_workers,
+        progress=progress,
     )
     cands, truths = rank_labelled(g_emb, g_ids, q_emb, [s.individual_id for s in query_samples])
     preds = [insert_new_individual(c, threshold) for c in cands]

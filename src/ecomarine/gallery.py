@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,10 @@ from .errors import ConfigError, GalleryError
 from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .search import AGGREGATIONS, Aggregation, individual_rows, rank_individuals
+from .species_vote import vote_species
 from .types import EmbeddingKind, Match, embedding_kind
 
-__all__ = ["Aggregation", "Gallery", "Identification"]
+__all__ = ["Aggregation", "Gallery", "GalleryMergeReport", "Identification", "IndividualSummary"]
 
 _Arr = np.ndarray[Any, Any]
 _F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -60,8 +61,10 @@ class Identification:
         individual_id: The best match, or ``None`` for a new individual.
         is_new_individual: True when the best score is under the threshold.
         candidates: Ranked individuals, best first.
-        species: Score-weighted vote over the candidates' species.
-        species_score: Share of the vote the winning species got.
+        species: The matched individual's species; for a new individual, the
+            score-weighted vote over the candidates, only when the gallery holds several
+            species and the vote is clear (:func:`~ecomarine.species_vote.vote_species`).
+        species_score: Share of the vote that species got.
         threshold: The open-set threshold applied (``None``: never new).
     """
 
@@ -71,6 +74,50 @@ class Identification:
     species: str | None
     species_score: float | None
     threshold: float | None
+
+
+@dataclass(frozen=True)
+class IndividualSummary:
+    """One catalogued individual, as ``ecomarine gallery list`` shows it.
+
+    Attributes:
+        individual_id: The id.
+        photos: How many catalogue photos it has.
+        species: Its recorded species (the most frequent label), if any.
+        first_date: Earliest ``date`` in its photos' metadata (ISO text), if any.
+        last_date: Latest ``date`` in its photos' metadata, if any.
+        encounters: How many distinct ``encounter`` values its photos carry.
+    """
+
+    individual_id: str
+    photos: int
+    species: str | None
+    first_date: str | None
+    last_date: str | None
+    encounters: int
+
+
+@dataclass(frozen=True)
+class GalleryMergeReport:
+    """What :meth:`Gallery.merge_from` did.
+
+    Attributes:
+        added: Photos added.
+        duplicate_photos: Photos skipped because the same image content (SHA-256) is
+            already in the gallery; ``(incoming image id, existing image id)`` pairs.
+        relabelled_conflicts: Duplicate photos whose two copies name different
+            individuals: ``(sha256, existing individual, incoming individual)``.
+        shared_individuals: Individual ids present in both galleries (now one animal).
+        species_conflicts: Shared ids whose species differ: ``(id, ours, theirs)``.
+        renamed_image_ids: Incoming image ids that clashed and were given fresh ones.
+    """
+
+    added: int
+    duplicate_photos: tuple[tuple[str, str], ...]
+    relabelled_conflicts: tuple[tuple[str, str, str], ...]
+    shared_individuals: tuple[str, ...]
+    species_conflicts: tuple[tuple[str, str, str], ...]
+    renamed_image_ids: int
 
 
 @dataclass
@@ -132,6 +179,7 @@ class Gallery:
         self._rec = _Records()
         self._index: VectorIndex | None = None
         self._species_cache: dict[str, str | None] = {}
+        self._species_count: int | None = None
         self._label_cache: tuple[list[str], _Arr] | None = None
         self._next_id = 0
 
@@ -246,8 +294,8 @@ class Gallery:
         self._changed()
         return new_ids
 
-    def _fresh_ids(self, n: int) -> list[str]:
-        taken = set(self._rec.image_ids)
+    def _fresh_ids(self, n: int, avoid: Set[str] = frozenset()) -> list[str]:
+        taken = set(self._rec.image_ids) | set(avoid)
         out: list[str] = []
         while len(out) < n:
             candidate = f"img-{self._next_id:06d}"
@@ -386,7 +434,152 @@ class Gallery:
     def _changed(self) -> None:
         self._index = None
         self._label_cache = None
+        self._species_count = None
         self._species_cache.clear()
+
+    def species_count(self) -> int:
+        """How many distinct species labels the gallery holds (memoised)."""
+        if self._species_count is None:
+            self._species_count = len({sp for sp in self._rec.species if sp})
+        return self._species_count
+
+    def known_sha256(self) -> dict[str, str]:
+        """Image content hash -> image id, for the photos whose metadata records one.
+
+        Photos enrolled by a :class:`~ecomarine.pipeline.Pipeline` from files or bytes
+        carry ``metadata["sha256"]``; galleries built before version 0.1.0 do not, and
+        their photos cannot be recognised as duplicates.
+        """
+        out: dict[str, str] = {}
+        for img, md in zip(self._rec.image_ids, self._rec.metadata, strict=True):
+            digest = md.get("sha256")
+            if isinstance(digest, str) and digest not in out:
+                out[digest] = img
+        return out
+
+    def summaries(self) -> list[IndividualSummary]:
+        """One :class:`IndividualSummary` per individual, sorted by id."""
+        photos: dict[str, int] = defaultdict(int)
+        dates: dict[str, list[str]] = defaultdict(list)
+        encounters: dict[str, set[str]] = defaultdict(set)
+        for ind, md in zip(self._rec.individual_ids, self._rec.metadata, strict=True):
+            photos[ind] += 1
+            if isinstance(md.get("date"), str) and md["date"]:
+                dates[ind].append(md["date"])
+            if md.get("encounter") is not None:
+                encounters[ind].add(str(md["encounter"]))
+        return [
+            IndividualSummary(
+                individual_id=ind,
+                photos=photos[ind],
+                species=self.species_of_cached(ind),
+                first_date=min(dates[ind]) if dates[ind] else None,
+                last_date=max(dates[ind]) if dates[ind] else None,
+                encounters=len(encounters[ind]),
+            )
+            for ind in sorted(photos)
+        ]
+
+    def image_ids_for_sources(self, sources: Sequence[str]) -> list[str]:
+        """Image ids whose recorded ``source`` is one of ``sources``.
+
+        A source matches the recorded path exactly, or its file name when the name is
+        given alone (``IMG_0001.jpg`` matches ``day1/IMG_0001.jpg``).
+
+        Raises:
+            GalleryError: When a source matches no photo, or a bare file name matches
+                photos in several folders (give the path then).
+        """
+        out: list[str] = []
+        recorded = [str(md.get("source", "")) for md in self._rec.metadata]
+        for want in sources:
+            exact = [i for i, src in enumerate(recorded) if src == want]
+            hits = exact
+            if not hits and "/" not in want and "\\" not in want:
+                hits = [i for i, src in enumerate(recorded) if src and Path(src).name == want]
+                if len({recorded[i] for i in hits}) > 1:
+                    raise GalleryError(
+                        f"{want!r} names photos in several folders "
+                        f"({sorted({recorded[i] for i in hits})[:3]}); give the path"
+                    )
+            if not hits:
+                raise GalleryError(f"no photo with source {want!r} in the gallery")
+            out += [self._rec.image_ids[i] for i in hits]
+        return list(dict.fromkeys(out))
+
+    def merge_from(self, other: Gallery) -> GalleryMergeReport:
+        """Add every photo of ``other`` (a catalogue made with the same model).
+
+        Photos whose content is already here (same SHA-256) are skipped and reported;
+        individuals present in both become one animal (reported, with species that
+        disagree); image ids that clash get fresh ones.
+
+        Raises:
+            GalleryError: When the galleries were made by different models or kinds.
+        """
+        if other.embedding_kind != self.embedding_kind:
+            raise GalleryError(
+                f"cannot merge {other.embedding_kind!r} vectors into a {self.embedding_kind!r} gallery"
+            )
+        if len(self) and len(other):
+            if self.fingerprint is None or other.fingerprint is None:
+                raise GalleryError(
+                    "cannot merge galleries without model fingerprints (vectors unverifiable)"
+                )
+            if self.fingerprint != other.fingerprint:
+                raise GalleryError(
+                    f"the galleries were built with different models (fingerprints "
+                    f"{self.fingerprint} and {other.fingerprint}); rebuild one with the other's model"
+                )
+        if self.fingerprint is None:
+            self.fingerprint = other.fingerprint
+            self.model_name = self.model_name or other.model_name
+        known = self.known_sha256()
+        ours = set(self._rec.individual_ids)
+        owner = dict(zip(self._rec.image_ids, self._rec.individual_ids, strict=True))
+        duplicates: list[tuple[str, str]] = []
+        relabelled: list[tuple[str, str, str]] = []
+        keep: list[int] = []
+        for i, rec in enumerate(other.records()):
+            digest = rec["metadata"].get("sha256")
+            if isinstance(digest, str) and digest in known:
+                duplicates.append((rec["image_id"], known[digest]))
+                if owner[known[digest]] != rec["individual_id"]:
+                    relabelled.append((digest, owner[known[digest]], rec["individual_id"]))
+                continue
+            if isinstance(digest, str):
+                known[digest] = rec["image_id"]
+                owner[rec["image_id"]] = rec["individual_id"]
+            keep.append(i)
+        incoming = [other.records()[i] for i in keep]
+        shared = sorted(ours & {r["individual_id"] for r in incoming})
+        conflicts = []
+        for ind in shared:
+            a, b = self.species_of(ind), other.species_of(ind)
+            if a and b and a != b:
+                conflicts.append((ind, a, b))
+        taken = set(self._rec.image_ids)
+        ids = [r["image_id"] for r in incoming]
+        clashes = [n for n, x in enumerate(ids) if x in taken]
+        fresh = iter(self._fresh_ids(len(clashes), avoid=set(ids)))
+        for n in clashes:
+            ids[n] = next(fresh)
+        if keep:
+            self.add(
+                other.embeddings[keep],
+                [r["individual_id"] for r in incoming],
+                [r["species"] for r in incoming],
+                [r["metadata"] for r in incoming],
+                ids,
+            )
+        return GalleryMergeReport(
+            added=len(keep),
+            duplicate_photos=tuple(duplicates),
+            relabelled_conflicts=tuple(relabelled),
+            shared_individuals=tuple(shared),
+            species_conflicts=tuple(conflicts),
+            renamed_image_ids=len(clashes),
+        )
 
     def identify(
         self,
@@ -407,10 +600,15 @@ class Gallery:
         """
         thr = self.new_individual_threshold if threshold is None else threshold
         out: list[Identification] = []
+        n_species = self.species_count()
         for cands in self.search(query_embeddings, top_k):
             best = cands[0] if cands else None
             is_new = best is None or (thr is not None and best.score < thr)
-            species, share = _vote_species(cands)
+            species, share = vote_species(
+                cands,
+                matched=None if is_new or best is None else best.individual_id,
+                catalogue_species=n_species,
+            )
             out.append(
                 Identification(
                     individual_id=None if is_new or best is None else best.individual_id,
@@ -757,19 +955,6 @@ def _manifest_bytes(folder: Path) -> bytes | None:
         return _read_file(folder, MANIFEST_NAME, MAX_MANIFEST_BYTES)
     except GalleryError:
         return None
-
-
-def _vote_species(cands: Sequence[Match]) -> tuple[str | None, float | None]:
-    weights: dict[str, float] = defaultdict(float)
-    for m in cands:
-        if m.species:
-            weights[m.species] += max(m.score, 0.0) + 1e-9
-    if not weights:
-        return None, None
-    total = sum(weights.values())
-    species = max(weights, key=lambda s: weights[s])
-    share = weights[species] / total if total > 0 and math.isfinite(total) else None
-    return species, share
 
 
 def _sha256(data: bytes) -> str:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -228,6 +228,7 @@ class Identifier(PretrainedMixin, nn.Module):
         batch_size: int = 32,
         kind: EmbeddingKind = "embedding",
         num_workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Embed photos as unit-norm rows.
 
@@ -237,6 +238,7 @@ class Identifier(PretrainedMixin, nn.Module):
             batch_size: Images per network pass.
             kind: ``"embedding"`` (trained) or ``"features"`` (general pooled features).
             num_workers: Decode threads (default: CPU count, at most 8).
+            progress: Called with the number of photos embedded after each batch.
 
         Returns:
             ``(N, D)`` float32 array with unit L2 norm rows.
@@ -245,7 +247,7 @@ class Identifier(PretrainedMixin, nn.Module):
             InvalidImageError: If an image cannot be read.
         """
         return self.embed_kinds(
-            images, kinds=(kind,), batch_size=batch_size, num_workers=num_workers
+            images, kinds=(kind,), batch_size=batch_size, num_workers=num_workers, progress=progress
         )[kind]
 
     def embed_kinds(
@@ -255,6 +257,7 @@ class Identifier(PretrainedMixin, nn.Module):
         kinds: Sequence[EmbeddingKind] = ("embedding", "features"),
         batch_size: int = 32,
         num_workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[EmbeddingKind, np.ndarray[Any, np.dtype[np.float32]]]:
         """Embed photos as several kinds of unit-norm rows, decoding and running once.
 
@@ -283,6 +286,8 @@ class Identifier(PretrainedMixin, nn.Module):
             )
             for k, vectors in self.embed_tensor_kinds(batch, wanted).items():
                 chunks[k].append(vectors.cpu().numpy())
+            if progress is not None:
+                progress(len(batch))
         return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in chunks.items()}
 
     def classify(

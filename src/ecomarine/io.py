@@ -9,6 +9,7 @@ every failure into :class:`~ecomarine.errors.InvalidImageError` naming the sourc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_ASPECT_RATIO",
     "ImageSource",
+    "content_sha256",
     "describe_source",
     "get_max_file_bytes",
     "get_max_pixels",
@@ -122,6 +124,30 @@ def read_image_file(path: str | os.PathLike[str], name: str | None = None) -> by
     """
     label = describe_source(path) if name is None else name
     return read_regular(path, _file_problem(label), max_bytes=get_max_file_bytes())
+
+
+def content_sha256(source: object) -> str | None:
+    """SHA-256 of a photo's bytes (a file, streamed; or bytes), else ``None``.
+
+    Predictions and gallery records carry the same hash, so a photo is recognised
+    wherever it was copied or renamed.
+
+    Raises:
+        InvalidImageError: For a path that is not a readable regular file.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return hashlib.sha256(source).hexdigest()
+    if not isinstance(source, str | os.PathLike):
+        return None
+    name = describe_source(source)
+    digest = hashlib.sha256()
+    with open_regular(source, _file_problem(name), max_bytes=get_max_file_bytes()) as fh:
+        try:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        except OSError as exc:
+            raise InvalidImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
 
 
 def describe_source(source: object) -> str:

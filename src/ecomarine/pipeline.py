@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,8 @@ from .gallery import Gallery
 from .gate import Gate, clip_gate
 from .hub import HubOptions
 from .identifier import Identifier
-from .io import ImageSource, describe_source, read_image_file
+from .io import ImageSource, content_sha256, describe_source, read_image_file
+from .species_vote import vote_species
 from .transforms import (
     decode_pool,
     decode_size,
@@ -49,7 +50,7 @@ from .transforms import (
 )
 from .types import EmbeddingKind, Match, Prediction, embedding_kind
 
-__all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "GateChoice", "Pipeline"]
+__all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "DuplicatePolicy", "GateChoice", "Pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ PIPELINE_CONFIG = "pipeline.json"
 # Photos between returns of freed heap to the OS: often enough to keep a long run flat,
 # rarely enough that the next batch does not pay for faulting its buffers back in.
 _TRIM_EVERY = 64
+
+#: What :meth:`Pipeline.enroll` does with a photo already in the gallery.
+DuplicatePolicy = Literal["skip", "error", "keep"]
 
 #: A pipeline's gate: a :class:`Gate`, a gate source (``"embedded"``, a folder, a Hub
 #: repo), ``None`` for the source's default, or ``False`` for no gate at all.
@@ -238,21 +242,72 @@ class Pipeline(PretrainedMixin):
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         *,
         batch_size: int = 32,
+        duplicates: DuplicatePolicy = "skip",
+        progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Embed photos of known individuals into the attached gallery (created if needed).
 
+        Each photo read from a file or bytes is recorded with its content hash
+        (``metadata["sha256"]``), so the same photo enrolled twice is recognised.
+
+        Args:
+            images: Photo sources.
+            individual_ids: One id per photo.
+            species: One label per photo, or one for all.
+            metadata: Optional JSON-serialisable dict per photo.
+            batch_size: Photos per network pass.
+            duplicates: A photo whose content is already in the gallery (or earlier in
+                ``images``): ``"skip"`` it (logged), ``"error"``, or ``"keep"`` it anyway.
+            progress: Called with the number of photos embedded after each batch.
+
+        Returns:
+            The image ids of the photos added, in input order (skipped ones have none).
+
         Raises:
             InvalidImageError: If a photo cannot be read (nothing is added then).
+            GalleryError: With ``duplicates="error"``, naming the first duplicate.
         """
         if len(images) != len(individual_ids):
             raise ConfigError("enroll needs one individual id per image")
-        emb = self.identifier.embed(images, batch_size=batch_size, kind=self.embedding_kind)
-        meta = [dict(m or {}) for m in (metadata or [None] * len(images))]
-        for m, src in zip(meta, images, strict=True):
-            m.setdefault("source", describe_source(src))
+        if duplicates not in ("skip", "error", "keep"):
+            raise ConfigError(f"duplicates must be 'skip', 'error' or 'keep', got {duplicates!r}")
         if self.gallery is None:
             self.gallery = self.new_gallery()
-        return self.gallery.add(emb, individual_ids, species, meta)
+        meta = [dict(m or {}) for m in (metadata or [None] * len(images))]
+        if len(meta) != len(images):
+            raise ConfigError("enroll needs one metadata entry per image (or none)")
+        per_image = (
+            [species] * len(images) if species is None or isinstance(species, str) else species
+        )
+        known = self.gallery.known_sha256()
+        keep: list[int] = []
+        for i, (m, src) in enumerate(zip(meta, images, strict=True)):
+            m.setdefault("source", describe_source(src))
+            digest = content_sha256(src)
+            if digest is not None:
+                m["sha256"] = digest
+                if digest in known and duplicates != "keep":
+                    if duplicates == "error":
+                        raise GalleryError(
+                            f"{m['source']}: the same photo is already in the gallery "
+                            f"(image {known[digest]})"
+                        )
+                    logger.info("skipping %s: already in the gallery", m["source"])
+                    continue
+                known.setdefault(digest, f"(input {i})")
+            keep.append(i)
+        emb = self.identifier.embed(
+            [images[i] for i in keep],
+            batch_size=batch_size,
+            kind=self.embedding_kind,
+            progress=progress,
+        )
+        return self.gallery.add(
+            emb,
+            [individual_ids[i] for i in keep],
+            [per_image[i] for i in keep],
+            [meta[i] for i in keep],
+        )
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -408,6 +463,7 @@ class Pipeline(PretrainedMixin):
                         individual_id=ans.individual_id,
                         is_new_individual=ans.is_new_individual,
                         candidates=ans.candidates,
+                        candidate_source="gallery" if ans.candidates else None,
                         new_individual_threshold=ans.threshold,
                     )
                 )
@@ -415,17 +471,20 @@ class Pipeline(PretrainedMixin):
         ranked: list[list[Match]] = [[] for _ in items]
         if self.identifier.head is not None and self.embedding_kind == "embedding":
             ranked = self.identifier.matches_from_embeddings(emb, self.top_k)
+        n_species = len(set(self.identifier.species_by_id.values()))
         for it, cands in zip(items, ranked, strict=True):
-            best = cands[0] if cands else None
+            # The head ranks the individuals the model was trained on, not the user's
+            # catalogue: its candidates are hints, never an identification.
+            species, share = vote_species(cands, matched=None, catalogue_species=n_species)
             out.append(
                 self._prediction(
                     it,
                     is_cetacean=True,
                     gate_score=gate_scores.get(it.index),
-                    species=best.species if best else None,
-                    species_score=best.score if best and best.species else None,
-                    individual_id=best.individual_id if best else None,
+                    species=species,
+                    species_score=share,
                     candidates=tuple(cands),
+                    candidate_source="head" if cands else None,
                 )
             )
         return out

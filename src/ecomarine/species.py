@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SPECIES", "Taxon", "lookup_species"]
+__all__ = ["CETACEA", "SPECIES", "Taxon", "lookup_species"]
 
 HIGHER = {"kingdom": "Animalia", "phylum": "Chordata", "class": "Mammalia", "order": "Artiodactyla"}
 
@@ -34,9 +34,15 @@ class Taxon:
             "vernacularName": self.vernacular,
             **HIGHER,
             "family": self.family,
-            "higherClassification": " | ".join([*HIGHER.values(), "Cetacea", self.family]),
+            "higherClassification": " | ".join(
+                [*HIGHER.values(), *(["Cetacea", self.family] if self.family else [])]
+            ),
         }
 
+
+#: The highest rank every photo the gate accepts supports: used when no species has
+#: evidence (Darwin Core allows a record identified to a higher rank).
+CETACEA = Taxon("Cetacea", "infraorder", "", "cetaceans")
 
 _D, _B, _M, _Z = "Delphinidae", "Balaenopteridae", "Monodontidae", "Ziphiidae"
 

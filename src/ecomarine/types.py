@@ -15,12 +15,15 @@ from typing import Any, Final, Literal, get_args
 from .errors import ConfigError, DataError
 
 __all__ = [
+    "CANDIDATE_SOURCES",
     "EMBEDDING_KINDS",
     "REJECTION_REASONS",
+    "CandidateSource",
     "EmbeddingKind",
     "GateResult",
     "Match",
     "Prediction",
+    "as_candidate_source",
     "embedding_kind",
 ]
 
@@ -41,6 +44,13 @@ def embedding_kind(value: object, where: str = "embedding kind") -> EmbeddingKin
             return kind
     raise ConfigError(f"{where} must be one of {', '.join(EMBEDDING_KINDS)}; got {value!r}")
 
+
+#: Where a prediction's candidates come from: ``"gallery"``, a catalogue search (an
+#: identification of the user's animals, with an open-set decision); ``"head"``, the
+#: model's own classifier over the individuals it was trained on (a hint, never an
+#: identification: ``individual_id`` stays ``None``).
+CandidateSource = Literal["gallery", "head"]
+CANDIDATE_SOURCES: Final[tuple[CandidateSource, ...]] = get_args(CandidateSource)
 
 #: Why a photo was not identified. ``None`` on a prediction means it was accepted.
 REJECTION_REASONS: Final = (
@@ -147,10 +157,12 @@ class Prediction:
         gate_score: The gate's score, ``None`` when the image could not be read.
         species: Predicted species label, when known.
         species_score: Confidence of the species vote in [0, 1].
-        individual_id: Best matching known individual, ``None`` for a new individual
-            or a rejected photo.
+        individual_id: Best matching catalogued individual; ``None`` for a new
+            individual, a rejected photo, or when no gallery was searched.
         is_new_individual: True when the best match scored under the open-set threshold.
         candidates: Ranked candidate individuals, best first.
+        candidate_source: Where ``candidates`` come from (see :data:`CandidateSource`);
+            ``None`` when there are none.
         new_individual_threshold: The open-set threshold that was applied.
         rejection_reason: ``None`` when accepted, else one of :data:`REJECTION_REASONS`.
         error: Human-readable detail for a rejection caused by an error.
@@ -171,8 +183,14 @@ class Prediction:
     error: str | None = None
     sha256: str | None = None
     model_id: str | None = None
+    candidate_source: CandidateSource | None = None
 
     def __post_init__(self) -> None:
+        if self.candidate_source is not None and self.candidate_source not in CANDIDATE_SOURCES:
+            raise DataError(
+                f"unknown candidate_source {self.candidate_source!r}; "
+                f"expected one of {CANDIDATE_SOURCES}"
+            )
         if self.rejection_reason is not None and self.rejection_reason not in REJECTION_REASONS:
             raise DataError(
                 f"unknown rejection_reason {self.rejection_reason!r}; "
@@ -229,8 +247,23 @@ class Prediction:
                 error=opt_str("error"),
                 sha256=opt_str("sha256"),
                 model_id=opt_str("model_id"),
+                candidate_source=as_candidate_source(data.get("candidate_source")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"Prediction: malformed value: {exc}") from exc
+
+
+def as_candidate_source(value: object) -> CandidateSource | None:
+    """``value`` as a :data:`CandidateSource` (``None`` or ``""``: none), checked.
+
+    Raises:
+        DataError: For any other value.
+    """
+    for source in CANDIDATE_SOURCES:
+        if value == source:
+            return source
+    if value is None or value == "":
+        return None
+    raise DataError(f"unknown candidate_source {value!r}; expected one of {CANDIDATE_SOURCES}")

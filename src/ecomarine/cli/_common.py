@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import functools
 import glob
-import io
-import json
+import logging
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._atomic import atomic_write_text
-from .._text import spreadsheet_safe
 from ..types import EMBEDDING_KINDS, EmbeddingKind, Prediction, embedding_kind
 
 if TYPE_CHECKING:
@@ -108,30 +107,47 @@ def gate_choice(value: str | None) -> GateChoice:
     return value
 
 
-def expand_inputs(paths: Sequence[str]) -> list[Path]:
+@dataclass(frozen=True)
+class InputFile:
+    """A photo found from the command line: its path, and its name under its input root."""
+
+    path: Path
+    name: str
+    root: Path | None
+
+
+def expand_named_inputs(paths: Sequence[str]) -> list[InputFile]:
     """Files as given; folders searched recursively for images; globs expanded.
+
+    Photos found in a folder are named by their path under that folder
+    (``day1/IMG_0001.jpg``), so photos with the same file name stay apart.
 
     Raises:
         click.BadParameter: When an argument matches nothing.
     """
-    out: list[Path] = []
+    out: list[InputFile] = []
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
             found = sorted(
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
             )
-            out += found
+            out += [InputFile(f, f.relative_to(p).as_posix(), p) for f in found]
         elif p.exists():
-            out.append(p)
+            out.append(InputFile(p, str(p), None))
         elif any(ch in arg for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))  # noqa: PTH207 - absolute globs
             if not matches:
                 raise click.BadParameter(f"no files match {arg!r}")
-            out += [m for m in matches if m.is_file()]
+            out += [InputFile(m, str(m), None) for m in matches if m.is_file()]
         else:
             raise click.BadParameter(f"{arg!r}: no such file or folder", param_hint="PATHS")
     return out
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """The paths of :func:`expand_named_inputs`."""
+    return [f.path for f in expand_named_inputs(paths)]
 
 
 def progress(items: Iterable[_T], total: int | None, label: str) -> Iterator[_T]:
@@ -143,15 +159,98 @@ def progress(items: Iterable[_T], total: int | None, label: str) -> Iterator[_T]
         yield from bar
 
 
+@contextlib.contextmanager
+def progress_callback(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar advanced by calling the yielded function with a count.
+
+    Shown on a terminal only (quiet in logs and CI); ``-v`` logs what is being done.
+    """
+    logging.getLogger("ecomarine.cli").info("%s: %d photos", label, total)
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
 def verdict(p: Prediction) -> str:
-    """A short human verdict for a prediction."""
+    """A short human verdict for a prediction (the open-set decision, not the best guess)."""
     if p.rejection_reason:
         return f"rejected: {p.rejection_reason}"
     if p.is_new_individual:
         return "NEW individual"
     if p.individual_id:
         return p.individual_id
+    if p.candidate_source == "head":
+        return "no catalogue (model hints)"
     return "cetacean (no catalogue)"
+
+
+def best_guess(p: Prediction) -> tuple[str, str]:
+    """The best candidate and its score, marked when it is only a hint of the model's head."""
+    if not p.candidates:
+        return "", ""
+    best = p.candidates[0]
+    name = f"{best.individual_id} (head)" if p.candidate_source == "head" else best.individual_id
+    return name, fmt(best.score)
+
+
+def parse_assignments(values: Sequence[str], what: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict.
+
+    Raises:
+        click.BadParameter: For an entry without ``=`` or a name given twice.
+    """
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint=what)
+        if name.strip() in out:
+            raise click.BadParameter(f"{name.strip()!r} given twice", param_hint=what)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def catalog_columns_option(func: _F) -> _F:
+    """``--image-column``, ``--id-column`` and ``--column FIELD=COLUMN``, as ``columns``.
+
+    The command receives ``columns``: the catalogue field -> the CSV's column name.
+    """
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        image_column: str | None,
+        id_column: str | None,
+        column: tuple[str, ...],
+        **kwargs: Any,
+    ) -> Any:
+        from ..catalog import check_column_map  # noqa: PLC0415
+
+        columns = parse_assignments(column, "--column")
+        for field, value in (("image", image_column), ("individual_id", id_column)):
+            if value is not None:
+                if field in columns:
+                    raise click.BadParameter(f"{field} mapped twice", param_hint="--column")
+                columns[field] = value
+        return func(*args, columns=check_column_map(columns), **kwargs)
+
+    options = [
+        click.option(
+            "--column",
+            multiple=True,
+            metavar="FIELD=COLUMN",
+            help="Read FIELD (image, individual_id, species, encounter, date, latitude, "
+            "longitude) from your CSV's COLUMN; repeatable.",
+        ),
+        click.option("--id-column", help="Your CSV's column of individual ids."),
+        click.option("--image-column", help="Your CSV's column of image paths."),
+    ]
+    decorated: Any = wrapper
+    for option in options:
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -163,48 +262,35 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
-    """Write ``.jsonl`` (full records) or ``.csv`` (flat summary), atomically."""
-    if path.suffix.lower() == ".jsonl":
-        text = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions)
-    elif path.suffix.lower() == ".csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(
-            [
-                "source",
-                "is_cetacean",
-                "gate_score",
-                "individual_id",
-                "is_new_individual",
-                "score",
-                "species",
-                "candidates",
-                "rejection_reason",
-                "sha256",
-            ]
-        )
-        for p in predictions:
-            best = p.candidates[0].score if p.candidates else None
-            row = [
-                p.source,
-                p.is_cetacean,
-                p.gate_score,
-                p.individual_id,
-                p.is_new_individual,
-                best,
-                p.species,
-                " ".join(m.individual_id for m in p.candidates),
-                p.rejection_reason or "",
-                p.sha256 or "",
-            ]
-            writer.writerow([spreadsheet_safe(cell) for cell in row])
-        text = buf.getvalue()
-    else:
-        raise click.BadParameter(f"{path}: output must end in .csv or .jsonl")
-    atomic_write_text(path, text)
-
-
 def fmt(x: float | None, digits: int = 3) -> str:
     """Format an optional float."""
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def check_model(model: str) -> None:
+    """Refuse a model argument that names nothing, before anything loads.
+
+    Raises:
+        click.BadParameter: For a folder without a model in it, or a name that is
+            neither a bundled model, a folder, nor a Hub repository id.
+    """
+    from .._pretrained import BUNDLED, resolve_source  # noqa: PLC0415
+    from ..errors import WeightsNotFoundError  # noqa: PLC0415
+    from ..hub import HubOptions  # noqa: PLC0415
+    from ..legacy import CHECKPOINT_NAME  # noqa: PLC0415
+
+    if model in BUNDLED:
+        return
+    try:
+        location = resolve_source(model, HubOptions())
+    except WeightsNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    folder = getattr(location, "local_dir", None)
+    if folder is not None and not any(
+        (Path(folder) / name).is_file()
+        for name in ("config.json", "pipeline.json", CHECKPOINT_NAME)
+    ):
+        raise click.BadParameter(
+            f"{folder}: not a model folder (no config.json, pipeline.json or {CHECKPOINT_NAME})",
+            param_hint="--model",
+        )

@@ -1,15 +1,29 @@
-"""``ecomarine gallery build|add|info|remove``."""
+"""``ecomarine gallery build|add|info|list|show|remove|rename|merge-individuals|merge``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..index import INDEX_KINDS, IndexKind
 from ..types import EmbeddingKind
 from ._app import cli
-from ._common import fmt, kind_option, overwrite_option, refuse_existing, table
+from ._common import (
+    catalog_columns_option,
+    check_model,
+    fmt,
+    kind_option,
+    overwrite_option,
+    progress_callback,
+    refuse_existing,
+    table,
+)
+
+if TYPE_CHECKING:
+    from ..pipeline import DuplicatePolicy, Pipeline
 
 
 @cli.group()
@@ -17,21 +31,45 @@ def gallery() -> None:
     """Build and maintain galleries of known individuals."""
 
 
-def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size: int) -> int:
-    from ..catalog import read_catalog_csv  # noqa: PLC0415
-    from ..pipeline import Pipeline  # noqa: PLC0415
+_duplicates_option = click.option(
+    "--duplicates",
+    type=click.Choice(["skip", "error", "keep"]),
+    default="skip",
+    show_default=True,
+    help="A photo whose content (SHA-256) is already in the gallery: skip it (counted), "
+    "stop with an error, or keep it anyway.",
+)
 
-    assert isinstance(pipe, Pipeline)
-    samples = read_catalog_csv(csv_path, images)
-    species = [s.species for s in samples]
-    pipe.enroll(
-        [s.path for s in samples],
-        [s.individual_id for s in samples],
-        species,
-        [s.metadata() for s in samples],
-        batch_size=batch_size,
-    )
-    return len(samples)
+
+def _embed_catalog(
+    pipe: Pipeline,
+    csv_path: Path,
+    images: Path | None,
+    batch_size: int,
+    columns: Mapping[str, str],
+    duplicates: DuplicatePolicy,
+) -> tuple[int, int]:
+    """Enroll a catalogue CSV; return (photos added, duplicates skipped)."""
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
+
+    samples = read_catalog_csv(csv_path, images, columns=columns)
+    with progress_callback(len(samples), "embedding") as advance:
+        added = pipe.enroll(
+            [s.path for s in samples],
+            [s.individual_id for s in samples],
+            [s.species for s in samples],
+            [s.metadata() for s in samples],
+            batch_size=batch_size,
+            duplicates=duplicates,
+            progress=advance,
+        )
+    return len(added), len(samples) - len(added)
+
+
+def _skipped(n: int) -> str:
+    if not n:
+        return ""
+    return f" ({n} duplicate photos skipped: already in the gallery; --duplicates keep adds them)"
 
 
 @gallery.command("build")
@@ -40,7 +78,8 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
     "csv_path",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Columns image,individual_id[,species,encounter,date,latitude,longitude].",
+    help="Columns image,individual_id[,species,encounter,date,latitude,longitude] "
+    "(or your own names, mapped with --id-column/--image-column/--column).",
 )
 @click.option(
     "--images",
@@ -64,6 +103,8 @@ def _embed_catalog(pipe: object, csv_path: Path, images: Path | None, batch_size
     help="Search index: exact, or approximate for large catalogues (needs faiss).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@catalog_columns_option
+@_duplicates_option
 @overwrite_option
 def build(
     csv_path: Path,
@@ -74,9 +115,12 @@ def build(
     calibrate: bool,
     index_kind: IndexKind,
     batch_size: int,
+    columns: dict[str, str],
+    duplicates: DuplicatePolicy,
     overwrite: bool,
 ) -> None:
     """Embed a labelled catalogue into a new gallery."""
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
 
     refuse_existing(
@@ -85,8 +129,10 @@ def build(
         f"add photos to it with `ecomarine gallery add {out} --csv ...`, or pass --overwrite "
         "to replace it (its photos and threshold would be lost)",
     )
+    check_model(model)
+    read_catalog_csv(csv_path, images, columns=columns)  # every CSV problem before a model loads
     pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=kind)
-    n = _embed_catalog(pipe, csv_path, images, batch_size)
+    n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates)
     assert pipe.gallery is not None
     pipe.gallery.use_index(index_kind)
     if calibrate:
@@ -95,7 +141,9 @@ def build(
             f"calibrated new-individual threshold {report.threshold:.3f} (MAP@5 {report.map5:.3f} on {report.n_queries} leave-encounter-out queries)"
         )
     pipe.gallery.save(out)
-    click.echo(f"gallery {out}: {n} photos of {len(pipe.gallery.individuals())} individuals")
+    click.echo(
+        f"gallery {out}: {n} photos of {len(pipe.gallery.individuals())} individuals{_skipped(skipped)}"
+    )
 
 
 @gallery.command("add")
@@ -106,19 +154,31 @@ def build(
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", default="embedded", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@catalog_columns_option
+@_duplicates_option
 def add(
-    gallery_dir: Path, csv_path: Path, images: Path | None, model: str, batch_size: int
+    gallery_dir: Path,
+    csv_path: Path,
+    images: Path | None,
+    model: str,
+    batch_size: int,
+    columns: dict[str, str],
+    duplicates: DuplicatePolicy,
 ) -> None:
     """Add labelled photos to an existing gallery (same model required)."""
+    from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..gallery import Gallery  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
 
+    check_model(model)
+    read_catalog_csv(csv_path, images, columns=columns)
     with Gallery.update(gallery_dir) as existing:  # one lock across load, add and save
         pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=existing.embedding_kind)
         pipe.attach_gallery(existing)
-        n = _embed_catalog(pipe, csv_path, images, batch_size)
+        n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates)
     click.echo(
-        f"added {n} photos; gallery now {len(existing)} photos of {len(existing.individuals())} individuals"
+        f"added {n} photos; gallery now {len(existing)} photos of "
+        f"{len(existing.individuals())} individuals{_skipped(skipped)}"
     )
 
 
@@ -156,16 +216,142 @@ def info(gallery_dir: Path) -> None:
     )
 
 
+@gallery.command("list")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def list_individuals(gallery_dir: Path) -> None:
+    """List every individual: photos, species, first and last date, encounters."""
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    g = Gallery.load(gallery_dir)
+    rows = [
+        (
+            s.individual_id,
+            s.photos,
+            s.species or "",
+            s.first_date or "",
+            s.last_date or "",
+            s.encounters,
+        )
+        for s in g.summaries()
+    ]
+    click.echo(
+        table(rows, ["individual", "photos", "species", "first seen", "last seen", "encounters"])
+    )
+    click.echo(f"\n{len(rows)} individuals, {len(g)} photos")
+
+
+@gallery.command("show")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("individual_id")
+def show(gallery_dir: Path, individual_id: str) -> None:
+    """Show the photos of one individual (image id, source, date, encounter)."""
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    g = Gallery.load(gallery_dir)
+    records = [r for r in g.records() if r["individual_id"] == individual_id]
+    if not records:
+        raise click.BadParameter(
+            f"no individual {individual_id!r} in {gallery_dir}", param_hint="INDIVIDUAL_ID"
+        )
+    click.echo(
+        f"{individual_id}: {len(records)} photos, species {g.species_of(individual_id) or '?'}\n"
+    )
+    click.echo(
+        table(
+            [
+                (
+                    r["image_id"],
+                    r["metadata"].get("source", ""),
+                    r["metadata"].get("date", ""),
+                    r["metadata"].get("encounter", ""),
+                    str(r["metadata"].get("sha256", ""))[:12],
+                )
+                for r in records
+            ],
+            ["image id", "source", "date", "encounter", "sha256"],
+        )
+    )
+
+
 @gallery.command("remove")
 @click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--individual", help="Remove every photo of this individual.")
 @click.option("--image", "image_ids", multiple=True, help="Remove this image id (repeatable).")
-def remove(gallery_dir: Path, individual: str | None, image_ids: tuple[str, ...]) -> None:
-    """Remove an individual or specific images."""
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Remove the photo with this path or file name, as enrolled (repeatable).",
+)
+def remove(
+    gallery_dir: Path, individual: str | None, image_ids: tuple[str, ...], sources: tuple[str, ...]
+) -> None:
+    """Remove an individual, or photos by image id or file name."""
     from ..gallery import Gallery  # noqa: PLC0415
 
-    if (individual is None) == (not image_ids):
-        raise click.UsageError("pass exactly one of --individual or --image")
+    if sum(bool(x) for x in (individual is not None, image_ids, sources)) != 1:
+        raise click.UsageError("pass exactly one of --individual, --image or --source")
     with Gallery.update(gallery_dir) as g:
-        n = g.remove(individual_id=individual, image_ids=list(image_ids) if image_ids else None)
+        ids = list(image_ids) or (g.image_ids_for_sources(list(sources)) if sources else None)
+        n = g.remove(individual_id=individual, image_ids=ids)
     click.echo(f"removed {n} photos; {len(g)} remain")
+
+
+@gallery.command("rename")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("old")
+@click.argument("new")
+def rename(gallery_dir: Path, old: str, new: str) -> None:
+    """Rename individual OLD to NEW (refused if NEW exists: use merge-individuals)."""
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    with Gallery.update(gallery_dir) as g:
+        n = g.rename(old, new)
+    click.echo(f"renamed {old} to {new} ({n} photos)")
+
+
+@gallery.command("merge-individuals")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("individual_ids", nargs=-1, required=True)
+@click.option("--into", required=True, help="The id the merged individual keeps.")
+def merge_individuals(gallery_dir: Path, individual_ids: tuple[str, ...], into: str) -> None:
+    """Merge INDIVIDUAL_IDS into one animal (two ids found to be the same whale)."""
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    with Gallery.update(gallery_dir) as g:
+        n = g.merge(list(individual_ids), into=into)
+    click.echo(f"merged {', '.join(individual_ids)} into {into} ({n} photos relabelled)")
+
+
+@gallery.command("merge")
+@click.argument("first", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@overwrite_option
+def merge(first: Path, second: Path, out: Path, overwrite: bool) -> None:
+    """Merge two catalogues built with the same model into a new gallery OUT."""
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    refuse_existing([out], overwrite)
+    combined = Gallery.load(first)
+    report = combined.merge_from(Gallery.load(second))
+    combined.save(out)
+    click.echo(
+        f"gallery {out}: {len(combined)} photos of {len(combined.individuals())} individuals "
+        f"({report.added} added from {second})"
+    )
+    if report.duplicate_photos:
+        click.echo(f"skipped {len(report.duplicate_photos)} photos present in both (same content)")
+    for digest, ours, theirs in report.relabelled_conflicts:
+        click.echo(f"conflict: photo {digest[:12]} is {ours} in {first} but {theirs} in {second}")
+    if report.shared_individuals:
+        shown = ", ".join(report.shared_individuals[:10])
+        more = len(report.shared_individuals) - 10
+        click.echo(
+            f"{len(report.shared_individuals)} individual ids in both, now one animal each: "
+            f"{shown}{f' (+{more} more)' if more > 0 else ''}"
+        )
+    for ind, ours, theirs in report.species_conflicts:
+        click.echo(f"conflict: {ind} is {ours} in {first} but {theirs} in {second}")
+    if report.renamed_image_ids:
+        click.echo(f"{report.renamed_image_ids} clashing image ids were given new ones")

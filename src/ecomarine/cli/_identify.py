@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ._app import cli
 from ._common import (
-    expand_inputs,
+    FiniteFloatRange,
+    InputFile,
+    best_guess,
+    check_model,
+    expand_named_inputs,
     fmt,
     gate_choice,
     overwrite_option,
@@ -17,8 +22,12 @@ from ._common import (
     refuse_existing,
     table,
     verdict,
-    write_predictions,
 )
+from ._dwc import DwcSettings, dwc_options
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+    from ..types import Prediction
 
 
 @cli.command()
@@ -42,15 +51,28 @@ from ._common import (
     help='Gate override: "embedded", a folder, a repo id, or "none".',
 )
 @click.option(
+    "--threshold",
+    type=FiniteFloatRange(-1, 1),
+    default=None,
+    help="Open-set threshold for this run (default: the gallery's override, else the "
+    "model's calibrated one).",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write results (.csv or .jsonl).",
+    help="Write results (.csv or .jsonl), each photo's as soon as it is made.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run: skip photos already in --output and append.",
 )
 @click.option(
     "--dwca",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a Darwin Core Archive (.zip).",
+    help="Also write a Darwin Core Archive (.zip); needs --license.",
 )
+@dwc_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decode threads.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100))
@@ -60,8 +82,11 @@ def identify(
     gallery_dir: str | None,
     model: str,
     gate_name: str | None,
+    threshold: float | None,
     output: Path | None,
+    resume: bool,
     dwca: Path | None,
+    dwc: DwcSettings,
     batch_size: int,
     workers: int | None,
     top_k: int,
@@ -69,56 +94,125 @@ def identify(
 ) -> None:
     """Identify the animals in PATHS (files, folders searched recursively, or globs)."""
     from ..pipeline import Pipeline  # noqa: PLC0415 - keep `ecomarine --help` fast
+    from ..results import ResultsWriter, completed_sources, read_results  # noqa: PLC0415
 
     # Every argument is checked before a model loads or a photo is read.
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter(f"{output}: must end in .csv or .jsonl", param_hint="--output")
     if dwca is not None and dwca.suffix.lower() != ".zip":
         raise click.BadParameter(f"{dwca}: must end in .zip", param_hint="--dwca")
-    refuse_existing([output, dwca], overwrite)
+    if resume and output is None:
+        raise click.BadParameter(
+            "--resume continues an --output file; give one", param_hint="--resume"
+        )
+    if resume and overwrite:
+        raise click.UsageError("--resume keeps the output and --overwrite replaces it; pick one")
+    refuse_existing(
+        [None if resume else output],
+        overwrite,
+        "continue it with --resume, or pass --overwrite to replace it",
+    )
+    refuse_existing([dwca], overwrite)
     if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
         raise click.BadParameter(
             f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
         )
-    files = expand_inputs(paths)
-    if not files:
+    check_model(model)
+    if dwca is not None:
+        dwc.check()
+    inputs = expand_named_inputs(paths)
+    if not inputs:
         raise click.BadParameter("no image files found", param_hint="PATHS")
+    todo = inputs
+    if resume and output is not None and output.exists():
+        done = completed_sources(output)
+        todo = [f for f in inputs if str(f.path) not in done]
+        click.echo(f"resuming {output}: {len(inputs) - len(todo)} of {len(inputs)} photos done")
     pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_choice(gate_name))
     pipe.top_k = top_k
-    preds = list(
-        progress(
-            pipe.predict_many(files, batch_size=batch_size, num_workers=workers),
-            len(files),
-            "identifying",
+    if threshold is not None:
+        if pipe.gallery is None:
+            raise click.BadParameter(
+                "applies to a catalogue search; give --gallery", param_hint="--threshold"
+            )
+        pipe.gallery.new_individual_threshold = threshold  # this run only; never saved
+    names = {str(f.path): f.name for f in inputs}
+    preds: list[Prediction] = []
+    writer = ResultsWriter(output, append=resume) if output is not None else None
+    try:
+        stream = pipe.predict_many(
+            [f.path for f in todo], batch_size=batch_size, num_workers=workers
         )
-    )
+        for pred in progress(stream, len(todo), "identifying"):
+            if writer is not None:
+                writer.write(pred)
+            preds.append(pred)
+    finally:
+        if writer is not None:
+            writer.close()
     rows = [
         (
-            Path(p.source or "").name,
+            names.get(p.source or "", p.source or ""),
             verdict(p),
-            fmt(p.candidates[0].score if p.candidates else None),
+            *best_guess(p),
             p.species or "",
             fmt(p.gate_score),
         )
         for p in preds
     ]
-    click.echo(table(rows, ["photo", "verdict", "score", "species", "gate"]))
-    counts = Counter(
-        "rejected" if p.rejection_reason else "new" if p.is_new_individual else "identified"
-        for p in preds
-    )
-    click.echo(
-        f"\n{len(preds)} photos: {counts['identified']} identified, {counts['new']} new individuals, "
-        f"{counts['rejected']} rejected"
-    )
+    click.echo(table(rows, ["photo", "verdict", "best match", "score", "species", "gate"]))
+    click.echo("\n" + _summary(preds, pipe, threshold_given=threshold is not None))
     if output is not None:
-        write_predictions(output, preds)
         click.echo(f"wrote {output}")
     if dwca is not None:
-        from ..darwin_core import write_dwca  # noqa: PLC0415
+        everything = read_results(output) if output is not None else preds
+        n = dwc.write(dwca, everything, media_root=_common_root(inputs))
+        click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
 
-        write_dwca(dwca, preds)
-        click.echo(f"wrote {dwca}")
+
+def _summary(preds: list[Prediction], pipe: Pipeline, *, threshold_given: bool) -> str:
+    counts = Counter(
+        "rejected"
+        if p.rejection_reason
+        else "new"
+        if p.is_new_individual
+        else "identified"
+        if p.individual_id
+        else "hints"
+        if p.candidate_source == "head"
+        else "unsearched"
+        for p in preds
+    )
+    lines = [
+        f"{len(preds)} photos: {counts['identified']} identified, {counts['new']} new individuals, "
+        f"{counts['rejected']} rejected"
+    ]
+    unmatched = counts["hints"] + counts["unsearched"]
+    if unmatched:
+        lines.append(
+            f"{unmatched} cetacean photos not matched to any catalogue (no --gallery); "
+            "'(head)' candidates are individuals the model was trained on, not your animals"
+        )
+    if pipe.gallery is not None:
+        thr = pipe.new_individual_threshold
+        source = "--threshold" if threshold_given else pipe.threshold_source
+        lines.append(
+            "open-set policy: "
+            + (
+                f"new individual when the best match scores under {thr:.3f} (from {source})"
+                if thr is not None
+                else "no threshold (never new): the model has no calibrated one; pass --threshold"
+            )
+        )
+    return "\n".join(lines)
+
+
+def _common_root(inputs: list[InputFile]) -> Path | None:
+    """The one input folder every photo came from, if there is one (for media URLs)."""
+    roots = {f.root for f in inputs}
+    if len(roots) == 1:
+        return next(iter(roots))
+    return None
 
 
 def _examples_dir() -> Path:

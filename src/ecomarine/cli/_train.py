@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -13,7 +14,15 @@ from .._atomic import atomic_write_text
 from ..training.config import TrainConfig
 from ..types import EmbeddingKind
 from ._app import cli
-from ._common import FiniteFloatRange, kind_option, overwrite_option, refuse_existing
+from ._common import (
+    FiniteFloatRange,
+    catalog_columns_option,
+    check_model,
+    kind_option,
+    overwrite_option,
+    progress_callback,
+    refuse_existing,
+)
 from ._options import build_dataclass, dataclass_options
 
 # Shared by the commands that calibrate open-set thresholds.
@@ -40,10 +49,11 @@ def _command(parts: list[str], options: dict[str, object]) -> str:
 @click.option(
     "--print-config", is_flag=True, help="Print the resolved configuration as JSON and exit."
 )
+@catalog_columns_option
 @overwrite_option
-def train(print_config: bool, overwrite: bool, **values: Any) -> None:
+def train(print_config: bool, overwrite: bool, columns: dict[str, str], **values: Any) -> None:
     """Train an identifier (ArcFace) on a labelled catalogue."""
-    cfg = build_dataclass(TrainConfig, values)
+    cfg = dataclasses.replace(build_dataclass(TrainConfig, values), columns=columns)
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
@@ -84,6 +94,7 @@ def train(print_config: bool, overwrite: bool, **values: Any) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@catalog_columns_option
 @overwrite_option
 def evaluate(
     model: str,
@@ -96,6 +107,7 @@ def evaluate(
     json_out: Path | None,
     md_out: Path | None,
     batch_size: int,
+    columns: dict[str, str],
     overwrite: bool,
 ) -> None:
     """Open-set evaluation: MAP@5 with new_individual, top-1/5, ROC-AUC, mAP."""
@@ -104,16 +116,25 @@ def evaluate(
     from ..evaluation import evaluate_open_set, report_markdown  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
 
-    ident = Identifier.from_pretrained(model)
-    report = evaluate_open_set(
-        ident,
-        read_catalog_csv(gallery_csv, images),
-        read_catalog_csv(query_csv, images),
-        kind=kind,
-        threshold=threshold,
-        calibration_samples=read_catalog_csv(threshold_from, images) if threshold_from else None,
-        batch_size=batch_size,
+    check_model(model)
+    gallery_rows = read_catalog_csv(gallery_csv, images, columns=columns)
+    query_rows = read_catalog_csv(query_csv, images, columns=columns)
+    calibration_rows = (
+        read_catalog_csv(threshold_from, images, columns=columns) if threshold_from else None
     )
+    ident = Identifier.from_pretrained(model)
+    total = len(gallery_rows) + len(query_rows) + len(calibration_rows or [])
+    with progress_callback(total, "embedding") as advance:
+        report = evaluate_open_set(
+            ident,
+            gallery_rows,
+            query_rows,
+            kind=kind,
+            threshold=threshold,
+            calibration_samples=calibration_rows,
+            batch_size=batch_size,
+            progress=advance,
+        )
     md = report_markdown(report)
     click.echo(md)
     if json_out is not None:

@@ -160,6 +160,11 @@ class TrainConfig:
     command: str = option(
         default_factory=_command, help="The command that started training.", cli=False
     )
+    columns: dict[str, str] = option(
+        default_factory=dict,
+        help="The CSVs' own column names, by catalogue field ({'individual_id': 'whale_id'}).",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -178,6 +183,7 @@ class TrainConfig:
         if self.teacher and self.distill_weight == 0 and self.distill_similarity == 0:
             raise ConfigError("a teacher needs distill_weight > 0 or distill_similarity > 0")
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.columns = dict(self.columns)
         check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:

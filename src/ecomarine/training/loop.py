@@ -171,10 +171,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     started = time.perf_counter()
     out = Path(cfg.out)
-    samples = read_catalog_csv(cfg.csv, cfg.images)
+    samples = read_catalog_csv(cfg.csv, cfg.images, columns=cfg.columns)
     calib: list[Sample] = []
     if cfg.calibration_csv:
-        calib = read_catalog_csv(cfg.calibration_csv, cfg.images)
+        calib = read_catalog_csv(cfg.calibration_csv, cfg.images, columns=cfg.columns)
     elif cfg.calibration_fraction > 0:
         samples, calib = split_by_group_hash(samples, cfg.calibration_fraction)
     if not samples:
@@ -214,7 +214,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_images = None
     if cfg.val_csv:
         val_images = CatalogImages(
-            read_catalog_csv(cfg.val_csv, cfg.images), pp, workers=cfg.workers
+            read_catalog_csv(cfg.val_csv, cfg.images, columns=cfg.columns), pp, workers=cfg.workers
         )
     for epoch in range(start_epoch, cfg.epochs):
         model.train()

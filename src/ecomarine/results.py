@@ -1,0 +1,253 @@
+"""Results files: predictions streamed to JSON lines or CSV, read back, and resumed.
+
+Each prediction is appended and flushed to disk (``fsync``) as soon as it is made, so a
+run that crashes at photo 9,000 of 10,000 keeps 9,000 results, and ``resume`` continues
+after the last complete record (a half-written last line is dropped and redone).
+
+JSON lines hold every field of :class:`~ecomarine.types.Prediction`. CSV holds the same
+fields, one photo per physical line, with ``candidates`` as a JSON list (ids, scores,
+species and supporting image) beside readable ``best_match`` and ``score`` columns, so
+both formats read back into equal predictions (``ecomarine export-dwc`` takes either).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final
+
+from ._text import parse_json, read_utf8, spreadsheet_safe
+from .errors import DataError
+from .types import Prediction
+
+__all__ = [
+    "CSV_COLUMNS",
+    "RESULT_SUFFIXES",
+    "ResultsWriter",
+    "completed_sources",
+    "iter_results",
+    "read_results",
+]
+
+RESULT_SUFFIXES: Final = (".csv", ".jsonl")
+
+#: CSV columns, in order. ``best_match`` and ``score`` repeat the first candidate for
+#: people reading the table; ``candidates`` (JSON) is what reads back.
+CSV_COLUMNS: Final = (
+    "source",
+    "is_cetacean",
+    "gate_score",
+    "individual_id",
+    "is_new_individual",
+    "best_match",
+    "score",
+    "candidate_source",
+    "species",
+    "species_score",
+    "new_individual_threshold",
+    "rejection_reason",
+    "candidates",
+    "error",
+    "sha256",
+    "model_id",
+)
+_DERIVED = ("best_match", "score")
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in RESULT_SUFFIXES:
+        raise DataError(f"{path}: results must end in .csv or .jsonl")
+    return suffix
+
+
+def _one_line(value: object) -> object:
+    # One record per physical line: resuming can then trust line boundaries.
+    if isinstance(value, str):
+        return value.replace("\r", " ").replace("\n", " ")
+    return value
+
+
+def _csv_row(pred: Prediction) -> list[object]:
+    data = pred.to_dict()
+    best = pred.candidates[0] if pred.candidates else None
+    data["best_match"] = best.individual_id if best else None
+    data["score"] = best.score if best else None
+    data["candidates"] = json.dumps(data["candidates"], ensure_ascii=False)
+    return [spreadsheet_safe(_one_line("" if data[c] is None else data[c])) for c in CSV_COLUMNS]
+
+
+def _unsafe(cell: str) -> str:
+    """Undo :func:`spreadsheet_safe`'s leading quote."""
+    if cell.startswith("'") and cell[1:2] in ("=", "+", "-", "@", "\t", "\r"):
+        return cell[1:]
+    return cell
+
+
+_BOOLS = ("is_cetacean", "is_new_individual")
+_NUMBERS = ("gate_score", "species_score", "new_individual_threshold")
+
+
+def _from_csv_row(row: dict[str, str], where: str) -> Prediction:
+    """A CSV row as the dict :meth:`Prediction.to_dict` makes, then the prediction."""
+    data: dict[str, Any] = {k: _unsafe(v) or None for k, v in row.items() if k not in _DERIVED}
+    for key in _BOOLS:
+        if data.get(key) not in ("True", "False", None):
+            raise DataError(f"{where}: {key} must be True or False, got {data[key]!r}")
+        data[key] = data.get(key) == "True"
+    for key in _NUMBERS:
+        if data.get(key) is not None:
+            try:
+                data[key] = float(data[key])
+            except ValueError as exc:
+                raise DataError(f"{where}: {key} is not a number: {data[key]!r}") from exc
+    data["candidates"] = parse_json(
+        data.get("candidates") or "[]",
+        lambda why: DataError(
+            f"{where}: 'candidates' is not a JSON list ({why}); files written before "
+            "ecomarine 0.1.0 kept no scores: re-run identify, or use its .jsonl output"
+        ),
+    )
+    try:
+        return Prediction.from_dict(data)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def iter_results(path: str | os.PathLike[str]) -> Iterator[Prediction]:
+    """The predictions of a results file (``.jsonl`` or ``.csv``), in file order.
+
+    Raises:
+        DataError: Unreadable file, a line that is not a prediction (naming the line),
+            or CSV columns that are not ecomarine's.
+    """
+    where = Path(path)
+    suffix = _format(where)
+    text = read_utf8(where, "results file")
+    if suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+
+            def fail(why: str, n: int = n) -> DataError:
+                return DataError(f"{where}:{n}: not JSON ({why})")
+
+            record = parse_json(line, fail)
+            try:
+                yield Prediction.from_dict(record)
+            except DataError as exc:
+                raise DataError(f"{where}:{n}: {exc}") from exc
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = tuple(reader.fieldnames or ())
+    missing = [c for c in ("source", "is_cetacean", "candidates") if c not in columns]
+    if missing:
+        raise DataError(
+            f"{where}: not an ecomarine results CSV (missing column(s) {missing}; "
+            f"found {list(columns)})"
+        )
+    unknown = sorted(set(columns) - set(CSV_COLUMNS))
+    if unknown:
+        raise DataError(f"{where}: unknown column(s) {unknown}")
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(f"{where}:{reader.line_num}: more cells than columns")
+            yield _from_csv_row({k: v or "" for k, v in row.items()}, f"{where}:{reader.line_num}")
+    except csv.Error as exc:
+        raise DataError(f"{where}: malformed CSV ({exc})") from exc
+
+
+def read_results(path: str | os.PathLike[str]) -> list[Prediction]:
+    """All predictions of a results file; see :func:`iter_results`."""
+    return list(iter_results(path))
+
+
+def completed_sources(path: str | os.PathLike[str]) -> set[str]:
+    """Sources already in a results file, after dropping a half-written last line.
+
+    Used to resume an interrupted run: the file is cut back to its last complete record
+    (what a crash mid-write leaves), then read.
+
+    Raises:
+        DataError: As :func:`iter_results`.
+    """
+    where = Path(path)
+    _format(where)
+    with where.open("rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return {p.source for p in iter_results(where) if p.source is not None}
+
+
+class ResultsWriter:
+    """Append predictions to a ``.jsonl`` or ``.csv`` file, each one on disk when written.
+
+    Args:
+        path: The results file.
+        append: Continue an existing file (resume); otherwise it is created, replacing a
+            previous file.
+
+    Example:
+        >>> with ResultsWriter("out.jsonl") as w:  # doctest: +SKIP
+        ...     for pred in pipe.predict_many(paths):
+        ...         w.write(pred)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
+        self.path = Path(path)
+        self.suffix = _format(self.path)
+        self.count = 0
+        fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
+        if append and not fresh and self.suffix == ".csv":
+            with self.path.open(encoding="utf-8-sig", newline="") as fh:
+                header = fh.readline()
+            if next(csv.reader([header]), []) != list(CSV_COLUMNS):
+                raise DataError(f"{self.path}: its columns are not this version's; cannot resume")
+        self._fh: IO[str] = self.path.open("a" if append else "w", encoding="utf-8", newline="")
+        if fresh and self.suffix == ".csv":
+            self._emit(_csv_line(list(CSV_COLUMNS)))
+
+    def _emit(self, text: str) -> None:
+        self._fh.write(text)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def write(self, pred: Prediction) -> None:
+        """Append one prediction and flush it to disk."""
+        if self.suffix == ".jsonl":
+            self._emit(json.dumps(pred.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            self._emit(_csv_line(_csv_row(pred)))
+        self.count += 1
+
+    def close(self) -> None:
+        """Close the file."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _csv_line(cells: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
