@@ -19,11 +19,13 @@ Usage:
     python benchmarks/beluga_train.py --data ../shared/data/beluga --out runs/beluga-model
     python benchmarks/beluga_train.py --epochs 18 --rotate 10 --zoom 0.15 --erase 0.5 --out runs/model-aug18
     python benchmarks/beluga_train.py --teacher runs/t0 runs/t1 runs/t2 --out runs/student
+    python benchmarks/beluga_train.py --mimic --out runs/mimic2017   # 2017 only (selection)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 from pathlib import Path
 
@@ -49,18 +51,27 @@ def main() -> None:
     parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--distill-similarity", type=float, default=0.0)
     parser.add_argument("--no-calibrate", action="store_true")
+    parser.add_argument(
+        "--mimic",
+        action="store_true",
+        help="recipe-selection mimic (DESIGN.md): train on 2017 only, no calibration",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
     parser.add_argument("--workers", type=int, default=2, help="decode threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     prepare(args.data, args.splits)
     turnover = season_turnover(args.splits / "gallery.csv")
+    train_csv = args.splits / "train.csv"
+    if args.mimic:
+        train_csv = mimic_split(args.splits)
+        args.no_calibrate = True
     logging.info(
         "2017 -> 2018 turnover (new-individual share used for calibration): %.3f", turnover
     )
     result = train(
         TrainConfig(
-            csv=str(args.splits / "train.csv"),
+            csv=str(train_csv),
             images=str(args.data),
             out=str(args.out),
             backbone="embedded",
@@ -77,7 +88,9 @@ def main() -> None:
             augment=AugmentConfig(rotate=args.rotate, zoom=args.zoom, erase=args.erase),
             calibration_csv=None if args.no_calibrate else str(args.splits / "calibration.csv"),
             calibration_new_fraction=turnover,
-            val_csv=str(args.splits / "calibration.csv") if args.no_calibrate else None,
+            val_csv=str(args.splits / "calibration.csv")
+            if args.no_calibrate and not args.mimic
+            else None,
             teacher=tuple(args.teacher),
             distill_weight=args.distill_weight,
             distill_temperature=args.distill_temperature,
@@ -85,15 +98,29 @@ def main() -> None:
             device=args.device,
             workers=args.workers,
             seed=args.seed,
-            name="embedded-beluga-lite0",
+            name="beluga-mimic-2017" if args.mimic else "embedded-beluga-lite0",
             command=(
                 f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed} "
                 f"--input-size {args.input_size} --rotate {args.rotate} --zoom {args.zoom} "
-                f"--erase {args.erase} --m {args.m}" + _distill_args(args)
+                f"--erase {args.erase} --m {args.m}"
+                + _distill_args(args)
+                + (" --mimic" if args.mimic else "")
             ),
         )
     )
     logging.info("done in %.1f min; calibration %s", result.seconds / 60, result.calibration)
+
+
+def mimic_split(splits: Path) -> Path:
+    """``mimic2017.csv``: the 2017 rows of the training split (the mimic's training set)."""
+    with (splits / "train.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out = splits / "mimic2017.csv"
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["date"].startswith("2017"))
+    return out
 
 
 def _distill_args(args: argparse.Namespace) -> str:

@@ -24,7 +24,7 @@ from .errors import (
     WeightsNotFoundError,
 )
 from .io import load_image
-from .types import GateResult, Match, Prediction
+from .types import GateResult, Match, Prediction, SightingPrediction
 
 if TYPE_CHECKING:
     from .gallery import Gallery
@@ -48,6 +48,7 @@ __all__ = [
     "Match",
     "Pipeline",
     "Prediction",
+    "SightingPrediction",
     "UnsafeFileError",
     "WeightsNotFoundError",
     "__version__",

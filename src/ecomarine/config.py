@@ -18,7 +18,8 @@ from typing import Any, Final
 
 from ._files import MiB, read_regular
 from ._text import parse_json
-from .errors import ConfigError
+from .errors import ConfigError, GalleryError
+from .search import check_set_aggregation
 from .types import EMBEDDING_KINDS, EmbeddingKind, embedding_kind
 
 __all__ = [
@@ -232,6 +233,11 @@ class IdentifierConfig:
             kind (``"embedding"``, ``"features"``), calibrated on held-out data; a kind
             without one has no open-set decision.
         name: A short model name for cards and predictions.
+        sighting_aggregation: How a sighting's photos combine into one score per
+            individual (see :data:`~ecomarine.search.SET_AGGREGATIONS`), chosen on
+            held-out data with :attr:`sighting_thresholds`; ``None``: not calibrated.
+        sighting_thresholds: Open-set threshold on the aggregated sighting score per
+            embedding kind (aggregated scores are not distributed like photo scores).
         members: Number of member networks (an ensemble when > 1). Each member is a
             backbone -> pooling -> neck of this architecture; the identifier's vectors
             concatenate the members' unit-norm vectors (see
@@ -248,9 +254,19 @@ class IdentifierConfig:
     new_individual_thresholds: Mapping[EmbeddingKind, float] = field(default_factory=dict)
     name: str = "custom"
     members: int = 1
+    sighting_aggregation: str | None = None
+    sighting_thresholds: Mapping[EmbeddingKind, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = "config"
+        if self.sighting_aggregation is not None:
+            try:
+                check_set_aggregation(self.sighting_aggregation)
+            except GalleryError as exc:
+                raise _fail(where, str(exc)) from exc
+        object.__setattr__(
+            self, "sighting_thresholds", _checked_thresholds(self.sighting_thresholds, where)
+        )
         if not 1 <= self.members <= MAX_MEMBERS:
             raise _fail(where, f"members must be in [1, {MAX_MEMBERS}], got {self.members}")
         if not _TIMM_NAME.match(self.backbone):
@@ -267,23 +283,19 @@ class IdentifierConfig:
             raise _fail(where, f"embedding_size must be in [1, {MAX_EMBEDDING_SIZE}]")
         if not 0 <= self.backbone_num_classes <= MAX_CLASSES:
             raise _fail(where, f"backbone_num_classes must be in [0, {MAX_CLASSES}]")
-        thresholds: dict[EmbeddingKind, float] = {}
-        for key, value in dict(self.new_individual_thresholds).items():
-            kind = embedding_kind(key, f"{where}: new_individual_thresholds key")
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _fail(where, f"threshold for {kind!r} must be a number, got {value!r}")
-            if not (math.isfinite(value) and -1.0 <= value <= 1.0):
-                raise _fail(
-                    where, f"threshold for {kind!r} must be a cosine in [-1, 1], got {value!r}"
-                )
-            thresholds[kind] = float(value)
-        # Canonical order and a private copy: the frozen config cannot change underfoot.
-        ordered = {k: thresholds[k] for k in EMBEDDING_KINDS if k in thresholds}
-        object.__setattr__(self, "new_individual_thresholds", ordered)
+        object.__setattr__(
+            self,
+            "new_individual_thresholds",
+            _checked_thresholds(self.new_individual_thresholds, where),
+        )
 
     def threshold_for(self, kind: EmbeddingKind) -> float | None:
         """The calibrated open-set threshold of one embedding kind, if any."""
         return self.new_individual_thresholds.get(kind)
+
+    def sighting_threshold_for(self, kind: EmbeddingKind) -> float | None:
+        """The calibrated sighting threshold of one embedding kind, if any."""
+        return self.sighting_thresholds.get(kind)
 
     def with_thresholds(self, thresholds: Mapping[EmbeddingKind, float | None]) -> IdentifierConfig:
         """A copy with some kinds' thresholds set (a ``None`` value removes that kind's)."""
@@ -331,6 +343,11 @@ class IdentifierConfig:
         # Written only for ensembles, as in format 1.
         if self.members != 1:
             out["members"] = self.members
+        # Written only once calibrated, so older readers keep reading other models.
+        if self.sighting_aggregation is not None:
+            out["sighting_aggregation"] = self.sighting_aggregation
+        if self.sighting_thresholds:
+            out["sighting_thresholds"] = dict(self.sighting_thresholds)
         return out
 
     @classmethod
@@ -364,6 +381,12 @@ class IdentifierConfig:
             if not isinstance(raw, Mapping):
                 raise _fail(where, "'new_individual_thresholds' must be an object kind -> cosine")
             thresholds = dict(raw)
+        sighting = body.pop("sighting_thresholds", None) or {}
+        if not isinstance(sighting, Mapping):
+            raise _fail(where, "'sighting_thresholds' must be an object kind -> score")
+        aggregation = body.pop("sighting_aggregation", None)
+        if aggregation is not None and not isinstance(aggregation, str):
+            raise _fail(where, "'sighting_aggregation' must be a string or null")
         _check_unknown(cls, body, where)
         kwargs: dict[str, Any] = {}
         simple: dict[str, type | tuple[type, ...]] = {
@@ -379,6 +402,8 @@ class IdentifierConfig:
             if key in body:
                 kwargs[key] = _get(body, key, kind, where)
         kwargs["new_individual_thresholds"] = thresholds
+        kwargs["sighting_thresholds"] = dict(sighting)
+        kwargs["sighting_aggregation"] = aggregation
         if body.get("head") is not None:
             kwargs["head"] = HeadConfig.from_dict(body["head"])
         if "preprocess" in body:
@@ -388,6 +413,19 @@ class IdentifierConfig:
     def replace(self, **changes: Any) -> IdentifierConfig:
         """Return a copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _checked_thresholds(values: Mapping[Any, Any], where: str) -> dict[EmbeddingKind, float]:
+    """Per-kind cosine thresholds, checked, in canonical order, as a private copy."""
+    thresholds: dict[EmbeddingKind, float] = {}
+    for key, value in dict(values).items():
+        kind = embedding_kind(key, f"{where}: threshold key")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(where, f"threshold for {kind!r} must be a number, got {value!r}")
+        if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+            raise _fail(where, f"threshold for {kind!r} must be a cosine in [-1, 1], got {value!r}")
+        thresholds[kind] = float(value)
+    return {k: thresholds[k] for k in EMBEDDING_KINDS if k in thresholds}
 
 
 #: Largest JSON config (``config.json``, ``labels.json``, ``gate.json``) read.

@@ -27,7 +27,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +40,7 @@ from ._version import __version__
 from .errors import DataError
 from .exif import read_exif_event
 from .species import CETACEA, lookup_species
-from .types import Prediction
+from .types import Prediction, SightingPrediction
 
 __all__ = [
     "LICENSES",
@@ -51,6 +51,7 @@ __all__ = [
     "license_uri",
     "occurrence_id",
     "read_sidecar",
+    "sighting_occurrence_id",
     "to_multimedia",
     "to_occurrences",
     "write_dwca",
@@ -130,6 +131,7 @@ _COMPUTED_TERMS = (
     "identificationVerificationStatus",
     "identificationRemarks",
     "associatedMedia",
+    "individualCount",
 )
 #: Every core column ecomarine may write, in order, with its term URI.
 OCCURRENCE_TERMS: dict[str, str] = {
@@ -146,7 +148,7 @@ _ALWAYS = (
     "decimalLatitude",
     "decimalLongitude",
     "geodeticDatum",
-    *_COMPUTED_TERMS,
+    *[t for t in _COMPUTED_TERMS if t != "individualCount"],
 )
 #: Simple Multimedia extension columns (after the core id).
 MULTIMEDIA_TERMS: dict[str, str] = {
@@ -388,7 +390,7 @@ def media_url(source: str, base_url: str | None, root: Path | None) -> str:
 
 
 def to_occurrences(
-    predictions: Iterable[Prediction],
+    predictions: Iterable[Prediction | SightingPrediction],
     *,
     dataset: DatasetMetadata | None = None,
     defaults: Mapping[str, str] | None = None,
@@ -398,13 +400,20 @@ def to_occurrences(
     media_base_url: str | None = None,
     media_root: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Darwin Core Occurrence records (term name -> value) for predictions.
+    """Darwin Core Occurrence records (term name -> value) for predictions or sightings.
 
-    Values are filled in this order, later ones winning: EXIF (date, coordinates), the
-    dataset's and ``defaults``' values, then ``per_image``.
+    A photo's values are filled in this order, later ones winning: EXIF (date,
+    coordinates), the dataset's and ``defaults``' values, then ``per_image``.
+
+    An occurrence is an organism at a place and time, so a
+    :class:`~ecomarine.types.SightingPrediction` is **one** occurrence: ``individualCount``
+    1, ``eventID`` the sighting id, the earliest of its photos' dates, the mean of their
+    positions (the largest distance from it in ``coordinateUncertaintyInMeters``), its
+    accepted photos in ``associatedMedia`` (``|``-separated) and in the multimedia rows.
 
     Args:
-        predictions: From :meth:`Pipeline.predict_many` or a results file.
+        predictions: Photo predictions (:meth:`Pipeline.predict_many`), sightings
+            (:meth:`Pipeline.predict_sightings`), or a results file's records.
         dataset: Supplies the licence (required), ``recordedBy``, ``institutionCode`` and
             the dataset id of the occurrence ids.
         defaults: Values for user terms (``recordedBy``, ``eventDate``, ...) for every record.
@@ -423,53 +432,213 @@ def to_occurrences(
         DataError: For a key that is not a Darwin Core term you can set, bad coordinates,
             no licence, or a photo outside ``media_root`` when a base URL is given.
     """
-    ds = dataset or DatasetMetadata()
-    base: dict[str, str] = {"license": ds.license_uri(), **ds.extra_defaults}
-    if ds.recorded_by:
-        base["recordedBy"] = ds.recorded_by
-    if ds.institution_code:
-        base["institutionCode"] = ds.institution_code
-    _check_terms(base, "dataset defaults")
-    _check_terms(defaults or {}, "defaults")
-    for key, values in (per_image or {}).items():
-        _check_terms(values, f"values for {key}")
-    base.update(defaults or {})
-    root = None if media_root is None else Path(media_root)
-    lookup = _PerImage(per_image or {}, root)
-    today = date.today().isoformat()
-    dataset_id = ds.resolved_dataset_id
-    out = []
-    for pred in predictions:
-        if pred.rejection_reason and not include_rejected:
-            continue
+    return [
+        occ.record
+        for occ in _Builder(
+            dataset, defaults, per_image, read_exif, media_base_url, media_root
+        ).occurrences(predictions, include_rejected)
+    ]
+
+
+@dataclass(frozen=True)
+class _Occurrence:
+    """A core record and the photos it links to (multimedia rows)."""
+
+    record: dict[str, str]
+    photos: tuple[tuple[Prediction, dict[str, str]], ...]
+
+
+class _Builder:
+    """Makes occurrence records: one owner for the order in which values are filled."""
+
+    def __init__(
+        self,
+        dataset: DatasetMetadata | None,
+        defaults: Mapping[str, str] | None,
+        per_image: Mapping[str, Mapping[str, str]] | None,
+        read_exif: bool,
+        media_base_url: str | None,
+        media_root: str | os.PathLike[str] | None,
+    ) -> None:
+        ds = dataset or DatasetMetadata()
+        base: dict[str, str] = {"license": ds.license_uri(), **ds.extra_defaults}
+        if ds.recorded_by:
+            base["recordedBy"] = ds.recorded_by
+        if ds.institution_code:
+            base["institutionCode"] = ds.institution_code
+        _check_terms(base, "dataset defaults")
+        _check_terms(defaults or {}, "defaults")
+        for key, values in (per_image or {}).items():
+            _check_terms(values, f"values for {key}")
+        base.update(defaults or {})
+        self.base = base
+        self.root = None if media_root is None else Path(media_root)
+        self.lookup = _PerImage(per_image or {}, self.root)
+        self.read_exif = read_exif
+        self.media_base_url = media_base_url
+        self.today = date.today().isoformat()
+        self.dataset_id = ds.resolved_dataset_id
+
+    def photo_values(self, pred: Prediction) -> dict[str, str]:
+        """A photo's own values: EXIF, then defaults, then its sidecar row."""
         rec = dict.fromkeys(OCCURRENCE_TERMS, "")
-        if read_exif and pred.source and safe_is_file(pred.source):
+        if self.read_exif and pred.source and safe_is_file(pred.source):
             rec.update(read_exif_event(pred.source))
-        rec.update({k: v for k, v in base.items() if v is not None})
-        rec.update(lookup.get(pred.source))
-        taxon = lookup_species(pred.species)
+        rec.update({k: v for k, v in self.base.items() if v is not None})
+        rec.update(self.lookup.get(pred.source))
+        rec["associatedMedia"] = (
+            media_url(_media_path(pred.source), self.media_base_url, self.root)
+            + _fragment(pred.source)
+            if pred.source
+            else ""
+        )
+        return rec
+
+    def occurrences(
+        self, records: Iterable[Prediction | SightingPrediction], include_rejected: bool
+    ) -> list[_Occurrence]:
+        out = []
+        for item in records:
+            if isinstance(item, SightingPrediction):
+                if item.rejection_reason and not include_rejected:
+                    continue
+                out.append(self.sighting(item))
+            else:
+                if item.rejection_reason and not include_rejected:
+                    continue
+                rec = self.photo_values(item)
+                self.identification(rec, item, occurrence_id(item, self.dataset_id))
+                rec["identificationRemarks"] = _remarks(item)
+                out.append(_Occurrence(rec, ((item, rec),)))
+        return out
+
+    def identification(
+        self, rec: dict[str, str], what: Prediction | SightingPrediction, occ_id: str
+    ) -> None:
+        """Taxon, organism and identification terms of a photo or a sighting."""
+        taxon = lookup_species(what.species)
         if taxon is not None:
             rec.update(taxon.terms())
-        elif pred.species:
-            rec.update(CETACEA.terms(), vernacularName=pred.species)
-        elif pred.accepted:
+        elif what.species:
+            rec.update(CETACEA.terms(), vernacularName=what.species)
+        elif what.accepted:
             rec.update(CETACEA.terms())  # the gate's verdict is the evidence: a cetacean
-        matched = pred.candidate_source == "gallery" and not pred.is_new_individual
+        matched = what.candidate_source == "gallery" and not what.is_new_individual
         rec.update(
-            occurrenceID=occurrence_id(pred, dataset_id),
+            occurrenceID=occ_id,
             basisOfRecord="MachineObservation",
-            organismID=(pred.individual_id or "") if matched else "",
+            organismID=(what.individual_id or "") if matched else "",
             occurrenceRemarks="new individual (not in the catalogue)"
-            if pred.is_new_individual
+            if what.is_new_individual
             else rec["occurrenceRemarks"],
-            identifiedBy=f"ecomarine {__version__} (model {pred.model_id or 'unknown'})",
-            dateIdentified=today,
+            identifiedBy=f"ecomarine {__version__} (model {what.model_id or 'unknown'})",
+            dateIdentified=self.today,
             identificationVerificationStatus="unverified",
-            identificationRemarks=_remarks(pred),
-            associatedMedia=media_url(pred.source, media_base_url, root) if pred.source else "",
         )
-        out.append(rec)
-    return out
+
+    def sighting(self, sighting: SightingPrediction) -> _Occurrence:
+        voters = sighting.accepted_photos or sighting.photos
+        photos = [(p, self.photo_values(p)) for p in voters]
+        rec = dict.fromkeys(OCCURRENCE_TERMS, "")
+        # Terms every photo shares (survey defaults, a sidecar's constants) carry over.
+        for term in USER_TERMS:
+            values = {v[term] for _, v in photos if v[term]}
+            if len(values) == 1:
+                rec[term] = values.pop()
+        dates = [v["eventDate"] for _, v in photos if v["eventDate"]]
+        if dates:
+            rec["eventDate"] = min(dates, key=_date_key)
+        where = [
+            (float(v["decimalLatitude"]), float(v["decimalLongitude"]))
+            for _, v in photos
+            if v["decimalLatitude"] and v["decimalLongitude"]
+        ]
+        if where:
+            lat, lon, spread = _centre(where)
+            rec["decimalLatitude"], rec["decimalLongitude"] = f"{lat:.6f}", f"{lon:.6f}"
+            if len(where) > 1:
+                rec["coordinateUncertaintyInMeters"] = str(max(1, math.ceil(spread)))
+        rec["eventID"] = rec["eventID"] or sighting.sighting_id
+        rec["individualCount"] = "1"
+        rec["associatedMedia"] = " | ".join(v["associatedMedia"] for _, v in photos)
+        self.identification(rec, sighting, sighting_occurrence_id(sighting, self.dataset_id))
+        rec["identificationRemarks"] = _sighting_remarks(sighting)
+        return _Occurrence(rec, tuple(photos))
+
+
+def sighting_occurrence_id(sighting: SightingPrediction, dataset_id: str) -> str:
+    """The stable ``occurrenceID`` of a sighting: dataset + the set of its photos' contents.
+
+    The same photos give the same id, whatever the model, the order or the sighting's name.
+    """
+    parts = sorted(
+        p.sha256 or hashlib.sha256((p.source or "").encode()).hexdigest() for p in sighting.photos
+    )
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return f"urn:ecomarine:{dataset_id}:sighting:{digest[:32]}"
+
+
+def _sighting_remarks(s: SightingPrediction) -> str:
+    voters = len(s.accepted_photos)
+    parts = [
+        f"model {s.model_id or 'unknown'}",
+        f"sighting {s.sighting_id}: {voters} of {len(s.photos)} photos identified together "
+        f"({s.aggregation or 'n/a'} aggregation)",
+    ]
+    if s.candidates:
+        if s.candidate_source == "head":
+            parts.append("candidates from the model's own training individuals, not a catalogue")
+        parts.append(
+            "candidates: " + ", ".join(f"{m.individual_id} {m.score:.3f}" for m in s.candidates)
+        )
+    if s.new_individual_threshold is not None:
+        parts.append(f"sighting threshold {s.new_individual_threshold:.3f}")
+    if s.species is None and s.accepted:
+        parts.append("species not determined (no evidence beyond Cetacea)")
+    if s.rejection_reason:
+        parts.append(f"rejected: {s.rejection_reason}")
+    return "; ".join(parts)
+
+
+def _media_path(source: str) -> str:
+    """A source without its media fragment (video frames are ``clip.mp4#t=2.000``)."""
+    return source.split("#t=", 1)[0]
+
+
+def _fragment(source: str) -> str:
+    return "#t=" + source.split("#t=", 1)[1] if "#t=" in source else ""
+
+
+def _date_key(text: str) -> tuple[int, str]:
+    """Sort ISO dates by instant when they parse (offsets compared), else as text."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return (1, text)
+    return (0, f"{when.replace(tzinfo=None).isoformat()}")
+
+
+def _centre(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Mean position (on the sphere) and the largest distance from it, in metres."""
+    xyz = [
+        (
+            math.cos(math.radians(la)) * math.cos(math.radians(lo)),
+            math.cos(math.radians(la)) * math.sin(math.radians(lo)),
+            math.sin(math.radians(la)),
+        )
+        for la, lo in points
+    ]
+    x, y, z = (sum(c[i] for c in xyz) / len(xyz) for i in range(3))
+    lat = math.degrees(math.atan2(z, math.hypot(x, y)))
+    lon = math.degrees(math.atan2(y, x))
+    return lat, lon, max(_haversine(lat, lon, la, lo) for la, lo in points)
+
+
+def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
 
 
 _MEDIA_FORMATS = {
@@ -484,41 +653,64 @@ _MEDIA_FORMATS = {
 }
 
 
-def to_multimedia(
-    predictions: Iterable[Prediction],
-    occurrences: Sequence[Mapping[str, str]],
-    *,
-    dataset_id: str | None = None,
-) -> list[dict[str, str]]:
-    """One Simple Multimedia row per occurrence, linking its image (``coreid`` first).
-
-    Args:
-        predictions: The predictions the occurrences were made from.
-        occurrences: From :func:`to_occurrences`.
-        dataset_id: The dataset id used there (default: that of ``DatasetMetadata()``).
-    """
-    ds_id = dataset_id or DatasetMetadata().resolved_dataset_id
-    by_id = {o["occurrenceID"]: o for o in occurrences}
+def _multimedia(occurrences: Sequence[_Occurrence]) -> list[dict[str, str]]:
+    """One Simple Multimedia row per photo of each occurrence (``coreid`` first)."""
     rows = []
-    for pred in predictions:
-        occ = by_id.get(occurrence_id(pred, ds_id))
-        if occ is None or not pred.source:
-            continue
-        suffix = Path(pred.source).suffix.lower().lstrip(".")
-        rows.append(
-            {
-                "coreid": occ["occurrenceID"],
-                "type": "StillImage",
-                "format": _MEDIA_FORMATS.get(suffix, ""),
-                "identifier": occ.get("associatedMedia") or pred.source,
-                "title": Path(pred.source).name,
-                "created": occ.get("eventDate", ""),
-                "creator": occ.get("recordedBy", ""),
-                "license": occ.get("license", ""),
-                "rightsHolder": occ.get("rightsHolder", ""),
-            }
-        )
+    for occ in occurrences:
+        for pred, values in occ.photos:
+            if not pred.source:
+                continue
+            path = _media_path(pred.source)
+            suffix = Path(path).suffix.lower().lstrip(".")
+            video = "#t=" in pred.source
+            rows.append(
+                {
+                    "coreid": occ.record["occurrenceID"],
+                    "type": "MovingImage" if video else "StillImage",
+                    "format": _MEDIA_FORMATS.get(suffix, ""),
+                    "identifier": values.get("associatedMedia") or pred.source,
+                    "title": Path(path).name + _fragment(pred.source),
+                    "created": values.get("eventDate", ""),
+                    "creator": values.get("recordedBy", ""),
+                    "license": values.get("license", ""),
+                    "rightsHolder": values.get("rightsHolder", ""),
+                }
+            )
     return rows
+
+
+def _built(
+    records: Iterable[Prediction | SightingPrediction],
+    dataset: DatasetMetadata | None,
+    kwargs: dict[str, Any],
+) -> list[_Occurrence]:
+    """The occurrences for :func:`to_occurrences`' keyword arguments (checked)."""
+    options = dict(kwargs)
+    include_rejected = bool(options.pop("include_rejected", False))
+    builder = _Builder(
+        dataset,
+        options.pop("defaults", None),
+        options.pop("per_image", None),
+        options.pop("read_exif", True),
+        options.pop("media_base_url", None),
+        options.pop("media_root", None),
+    )
+    if options:
+        raise DataError(f"unknown argument(s) {sorted(options)}")
+    return builder.occurrences(records, include_rejected)
+
+
+def to_multimedia(
+    predictions: Iterable[Prediction | SightingPrediction],
+    *,
+    dataset: DatasetMetadata | None = None,
+    **kwargs: Any,
+) -> list[dict[str, str]]:
+    """The Simple Multimedia rows of :func:`to_occurrences` (same arguments).
+
+    One row per photo (per accepted photo of a sighting), linked to its occurrence.
+    """
+    return _multimedia(_built(predictions, dataset, kwargs))
 
 
 def _columns(occurrences: Sequence[Mapping[str, str]]) -> list[str]:
@@ -605,7 +797,7 @@ def _eml_xml(ds: DatasetMetadata, package_id: str, models: Sequence[str]) -> byt
 
 def write_dwca(
     path: str | os.PathLike[str],
-    predictions: Iterable[Prediction],
+    predictions: Iterable[Prediction | SightingPrediction],
     metadata: DatasetMetadata | None = None,
     **kwargs: Any,
 ) -> Path:
@@ -624,8 +816,9 @@ def write_dwca(
     """
     preds = list(predictions)
     ds = metadata or DatasetMetadata()
-    occurrences = to_occurrences(preds, dataset=ds, **kwargs)
-    media = to_multimedia(preds, occurrences, dataset_id=ds.resolved_dataset_id)
+    built = _built(preds, ds, kwargs)
+    occurrences = [occ.record for occ in built]
+    media = _multimedia(built)
     columns = _columns(occurrences)
     package = hashlib.sha256("".join(o["occurrenceID"] for o in occurrences).encode()).hexdigest()[
         :16

@@ -34,9 +34,15 @@ from .calibration import NewIndividualCalibration, calibrate_open_set
 from .errors import ConfigError, GalleryError
 from .index import INDEX_KINDS, IndexKind, VectorIndex
 from .metrics import NEW_INDIVIDUAL
-from .search import AGGREGATIONS, Aggregation, individual_rows, rank_individuals
+from .search import (
+    AGGREGATIONS,
+    Aggregation,
+    individual_rows,
+    rank_individuals,
+    rank_individuals_for_set,
+)
 from .species_vote import vote_species
-from .types import EmbeddingKind, Match, embedding_kind
+from .types import EmbeddingKind, Match, PhotoEvidence, embedding_kind
 
 __all__ = ["Aggregation", "Gallery", "GalleryMergeReport", "Identification", "IndividualSummary"]
 
@@ -66,6 +72,8 @@ class Identification:
             species and the vote is clear (:func:`~ecomarine.species_vote.vote_species`).
         species_score: Share of the vote that species got.
         threshold: The open-set threshold applied (``None``: never new).
+        evidence: For a sighting (:meth:`Gallery.identify_sightings`), per candidate id,
+            which gallery image matched each query photo; empty for a single photo.
     """
 
     individual_id: str | None
@@ -74,6 +82,7 @@ class Identification:
     species: str | None
     species_score: float | None
     threshold: float | None
+    evidence: Mapping[str, tuple[PhotoEvidence, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -617,6 +626,73 @@ class Gallery:
                     species=species,
                     species_score=share,
                     threshold=thr,
+                )
+            )
+        return out
+
+    def identify_sightings(
+        self,
+        sightings: Sequence[np.ndarray[Any, Any]],
+        top_k: int = 5,
+        *,
+        threshold: float | None = None,
+        aggregation: str = "top3",
+    ) -> list[Identification]:
+        """Identify sightings: each a set of query vectors (photos) of one animal.
+
+        Every photo scores each individual by its best-matching image; the photos' scores
+        combine by ``aggregation`` (see :data:`~ecomarine.search.SET_AGGREGATIONS`) into
+        one score per individual, compared with ``threshold`` (a *sighting* threshold:
+        aggregated scores are not distributed like single-photo scores). The search is
+        exact whatever the index kind.
+
+        Args:
+            sightings: Per sighting, a ``(Q, D)`` array of its photos' vectors (``Q >= 1``).
+            top_k: Candidates per sighting.
+            threshold: Sighting threshold; ``None``: never new.
+            aggregation: How photos combine.
+
+        Raises:
+            GalleryError: For an empty sighting, bad vectors or an unknown aggregation.
+        """
+        names, rows = self._labels()
+        n_species = self.species_count()
+        out: list[Identification] = []
+        for vectors in sightings:
+            q = self._check_queries(vectors)
+            hits = (
+                rank_individuals_for_set(self._emb, rows, q, top_k, aggregation=aggregation)
+                if len(self)
+                else []
+            )
+            cands = [
+                Match(
+                    names[h.individual],
+                    h.score,
+                    self.species_of_cached(names[h.individual]),
+                    self._rec.image_ids[h.evidence[0][1]],
+                )
+                for h in hits
+            ]
+            best = cands[0] if cands else None
+            is_new = best is None or (threshold is not None and best.score < threshold)
+            matched = None if is_new or best is None else best.individual_id
+            species, share = vote_species(cands, matched=matched, catalogue_species=n_species)
+            out.append(
+                Identification(
+                    individual_id=matched,
+                    is_new_individual=is_new,
+                    candidates=tuple(cands),
+                    species=species,
+                    species_score=share,
+                    threshold=threshold,
+                    evidence={
+                        names[h.individual]: tuple(
+                            PhotoEvidence(p, self._rec.image_ids[img], score)
+                            for p, img, score in h.evidence
+                        )
+                        for h in hits
+                    },
                 )
             )
         return out

@@ -9,6 +9,7 @@ aborting the run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from . import hub
@@ -48,7 +50,7 @@ from .transforms import (
     normalize_batch,
     resize_pixels,
 )
-from .types import EmbeddingKind, Match, Prediction, embedding_kind
+from .types import EmbeddingKind, Match, Prediction, SightingPrediction, embedding_kind
 
 __all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "DuplicatePolicy", "GateChoice", "Pipeline"]
 
@@ -62,6 +64,9 @@ PIPELINE_CONFIG = "pipeline.json"
 # Photos between returns of freed heap to the OS: often enough to keep a long run flat,
 # rarely enough that the next batch does not pay for faulting its buffers back in.
 _TRIM_EVERY = 64
+
+#: How a sighting's photos combine when the model ships no calibrated choice.
+DEFAULT_SIGHTING_AGGREGATION = "top3"
 
 #: What :meth:`Pipeline.enroll` does with a photo already in the gallery.
 DuplicatePolicy = Literal["skip", "error", "keep"]
@@ -329,6 +334,148 @@ class Pipeline(PretrainedMixin):
             batch_size: Photos per network pass.
             num_workers: Decode threads (default: CPU count, at most 8).
         """
+        for pred, _vector in self._stream(images, batch_size, num_workers):
+            yield pred
+
+    @property
+    def sighting_aggregation(self) -> str:
+        """How a sighting's photos combine: the model's calibrated choice, else ``"top3"``."""
+        return self.identifier.config.sighting_aggregation or DEFAULT_SIGHTING_AGGREGATION
+
+    @property
+    def sighting_threshold(self) -> float | None:
+        """The open-set threshold for sightings: the model's, calibrated with its aggregation."""
+        return self.identifier.config.sighting_threshold_for(self.embedding_kind)
+
+    def predict_sightings(
+        self,
+        sightings: Mapping[str, Sequence[ImageSource]],
+        *,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        aggregation: str | None = None,
+        threshold: float | None = None,
+        photo_names: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[SightingPrediction]:
+        """Identify sightings: each a named set of photos (or video frames) of one animal.
+
+        All photos go through the gate and the identifier in shared batches; photos the
+        gate rejects (or that cannot be read) do not vote. With a gallery, each sighting
+        is searched as a set (:meth:`Gallery.identify_sightings`) and decided with the
+        *sighting* threshold; without one, the head's probabilities are averaged over the
+        photos (hints, as for a single photo).
+
+        Args:
+            sightings: Sighting id -> its photos, in order.
+            batch_size: Photos per network pass.
+            num_workers: Decode threads.
+            aggregation: How photos combine (default: :attr:`sighting_aggregation`).
+            threshold: Sighting threshold (default: :attr:`sighting_threshold`; a model
+                without one never declares a sighting new, and says so in the log).
+            photo_names: Per sighting, a name for each photo's ``source`` (e.g.
+                ``clip.mp4#t=2.0`` for video frames).
+
+        Returns:
+            One :class:`SightingPrediction` per sighting, in input order.
+        """
+        ids = list(sightings)
+        if photo_names is not None:
+            for sid in ids:
+                if len(photo_names.get(sid, ())) != len(sightings[sid]):
+                    raise ConfigError(f"photo_names for sighting {sid!r}: one name per photo")
+        owners = [i for i, sid in enumerate(ids) for _ in sightings[sid]]
+        sources = (src for sid in ids for src in sightings[sid])
+        photos: list[list[Prediction]] = [[] for _ in ids]
+        vectors: list[list[np.ndarray[Any, Any]]] = [[] for _ in ids]
+        positions: list[list[int]] = [[] for _ in ids]  # where each voting photo sits
+        stream = self._stream(sources, batch_size, num_workers)
+        for owner, (pred, vector) in zip(owners, stream, strict=True):
+            named = pred
+            if photo_names is not None:
+                names = photo_names[ids[owner]]
+                named = dataclasses.replace(pred, source=names[len(photos[owner])])
+            if vector is not None:
+                vectors[owner].append(vector)
+                positions[owner].append(len(photos[owner]))
+            photos[owner].append(named)
+        agg = aggregation or self.sighting_aggregation
+        thr = self.sighting_threshold if threshold is None else threshold
+        voting = [i for i in range(len(ids)) if vectors[i]]
+        answers: dict[int, SightingPrediction] = {}
+        if voting and self.gallery is not None and len(self.gallery):
+            if thr is None:
+                logger.warning(
+                    "the model %r has no calibrated sighting threshold: no sighting is "
+                    "declared new (pass threshold=, or recalibrate the model)",
+                    self.identifier.config.name,
+                )
+            found = self.gallery.identify_sightings(
+                [np.stack(vectors[i]) for i in voting], self.top_k, threshold=thr, aggregation=agg
+            )
+            for i, ans in zip(voting, found, strict=True):
+                answers[i] = SightingPrediction(
+                    sighting_id=ids[i],
+                    individual_id=ans.individual_id,
+                    is_new_individual=ans.is_new_individual,
+                    candidates=ans.candidates,
+                    species=ans.species,
+                    species_score=ans.species_score,
+                    photos=tuple(photos[i]),
+                    new_individual_threshold=ans.threshold,
+                    aggregation=agg,
+                    candidate_source="gallery" if ans.candidates else None,
+                    evidence={
+                        ind: tuple(dataclasses.replace(e, photo=positions[i][e.photo]) for e in ev)
+                        for ind, ev in ans.evidence.items()
+                    },
+                    model_id=self.identifier.config.name,
+                )
+        elif voting:
+            for i in voting:
+                answers[i] = self._head_sighting(ids[i], photos[i], np.stack(vectors[i]))
+        return [
+            answers.get(i)
+            or SightingPrediction(
+                sighting_id=ids[i],
+                photos=tuple(photos[i]),
+                rejection_reason="no_accepted_photo" if photos[i] else "empty_sighting",
+                model_id=self.identifier.config.name,
+            )
+            for i in range(len(ids))
+        ]
+
+    def _head_sighting(
+        self, sighting_id: str, photos: list[Prediction], vectors: np.ndarray[Any, Any]
+    ) -> SightingPrediction:
+        """Without a gallery: the head's probabilities averaged over the photos (hints)."""
+        cands: list[Match] = []
+        if self.identifier.head is not None and self.embedding_kind == "embedding":
+            emb = torch.from_numpy(vectors).to(self.identifier.device)
+            with torch.inference_mode():
+                probs = torch.softmax(self.identifier.head(emb), dim=1).mean(dim=0).cpu()
+            k = max(1, min(self.top_k, probs.shape[0]))
+            values, rows = probs.topk(k)
+            labels, species = self.identifier.labels, self.identifier.species_by_id
+            cands = [
+                Match(labels[r], float(v), species.get(labels[r]))
+                for v, r in zip(values.tolist(), rows.tolist(), strict=True)
+            ]
+        n_species = len(set(self.identifier.species_by_id.values()))
+        sp, share = vote_species(cands, matched=None, catalogue_species=n_species)
+        return SightingPrediction(
+            sighting_id=sighting_id,
+            candidates=tuple(cands),
+            species=sp,
+            species_score=share,
+            photos=tuple(photos),
+            candidate_source="head" if cands else None,
+            model_id=self.identifier.config.name,
+        )
+
+    def _stream(
+        self, images: Iterable[ImageSource], batch_size: int, num_workers: int | None
+    ) -> Iterator[tuple[Prediction, np.ndarray[Any, Any] | None]]:
+        """Predictions in input order, each with its vector (``None`` when rejected)."""
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         workers = default_workers() if num_workers is None else max(1, num_workers)
@@ -401,7 +548,9 @@ class Pipeline(PretrainedMixin):
             configs.append(self.gate.config.preprocess)
         return configs
 
-    def _run_batch(self, items: list[_Item]) -> Iterator[Prediction]:
+    def _run_batch(
+        self, items: list[_Item]
+    ) -> Iterator[tuple[Prediction, np.ndarray[Any, Any] | None]]:
         ok = [it for it in items if it.error is None]
         gate_scores: dict[int, float] = {}
         accepted = ok
@@ -411,32 +560,36 @@ class Pipeline(PretrainedMixin):
             scores = self.gate.score_tensor(gate_in)
             gate_scores = {it.index: float(s) for it, s in zip(ok, scores.tolist(), strict=True)}
             accepted = [it for it in ok if gate_scores[it.index] >= self.gate.threshold]
-        answers: dict[int, Prediction] = {}
+        answers: dict[int, tuple[Prediction, np.ndarray[Any, Any]]] = {}
         if accepted:
             pp = self.identifier.config.preprocess
             batch = _stack([it.ident_input for it in accepted], pp, device)
             emb = self.identifier.embed_tensor(batch, self.embedding_kind)
-            for it, pred in zip(accepted, self._identify(emb, accepted, gate_scores), strict=True):
-                answers[it.index] = pred
+            vectors = emb.float().cpu().numpy()
+            preds = self._identify(emb, accepted, gate_scores)
+            for row, (it, pred) in enumerate(zip(accepted, preds, strict=True)):
+                answers[it.index] = (pred, vectors[row])
         for it in items:
             if it.index in answers:
                 yield answers[it.index]
             elif it.error is not None:
                 too_large = isinstance(it.error, ImageTooLargeError)
-                yield self._prediction(
+                rejected = self._prediction(
                     it,
                     is_cetacean=False,
                     gate_score=None,
                     rejection_reason="image_too_large" if too_large else "unreadable_image",
                     error=str(it.error),
                 )
+                yield rejected, None
             else:
-                yield self._prediction(
+                rejected = self._prediction(
                     it,
                     is_cetacean=False,
                     gate_score=gate_scores.get(it.index),
                     rejection_reason="not_cetacean",
                 )
+                yield rejected, None
 
     def _prediction(self, item: _Item, **fields: Any) -> Prediction:
         """The one place a :class:`Prediction` is made: the photo's own fields, plus ``fields``."""

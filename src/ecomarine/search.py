@@ -24,7 +24,18 @@ from .index import VectorIndex
 from .metrics import NEW_INDIVIDUAL
 from .types import Match
 
-__all__ = ["Aggregation", "Hit", "individual_rows", "rank_individuals", "rank_labelled"]
+__all__ = [
+    "SET_AGGREGATIONS",
+    "Aggregation",
+    "Hit",
+    "SetHit",
+    "check_set_aggregation",
+    "individual_rows",
+    "photo_individual_scores",
+    "rank_individuals",
+    "rank_individuals_for_set",
+    "rank_labelled",
+]
 
 _Arr = np.ndarray[Any, Any]
 _F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -209,3 +220,115 @@ def rank_labelled(
     index = VectorIndex(gallery, kind="flat")
     hits = rank_individuals(index, labels, queries, top_k, exclude=exclude)
     return [[Match(names[h.individual], h.score) for h in row] for row in hits], truths
+
+
+#: How a sighting's photos combine into one score per individual. ``"centroid"``: the
+#: photos' vectors are averaged (and renormalised) into one query, scored against each
+#: individual's best-matching image. The others first score every individual by its
+#: best-matching image, photo by photo; then ``"max"`` keeps the best photo, ``"mean"``
+#: averages all photos, and ``"topK"`` (``"top2"``, ``"top3"``, ...) averages the K best
+#: photos (all of them when the sighting has fewer).
+SET_AGGREGATIONS: tuple[str, ...] = ("centroid", "max", "mean", "top2", "top3", "top5")
+
+
+@dataclass(frozen=True)
+class SetHit:
+    """One ranked individual for a set of query photos (a sighting).
+
+    Attributes:
+        individual: Row of the individual in the caller's list of individuals.
+        score: The aggregated score.
+        evidence: Per query photo, ``(photo, image, cosine)``: the individual's image that
+            matched that photo best, best photo first.
+    """
+
+    individual: int
+    score: float
+    evidence: tuple[tuple[int, int, float], ...]
+
+
+def check_set_aggregation(aggregation: str) -> int | None:
+    """How many photos an aggregation averages (``None``: all), after checking its name.
+
+    Raises:
+        GalleryError: For an unknown aggregation.
+    """  # "centroid" averages vectors, not scores; None says "every photo" for both
+    if aggregation == "max":
+        return 1
+    if aggregation in ("mean", "centroid"):
+        return None
+    if aggregation.startswith("top") and aggregation[3:].isdigit() and int(aggregation[3:]) >= 1:
+        return int(aggregation[3:])
+    raise GalleryError(
+        "sighting aggregation must be 'centroid', 'max', 'mean' or 'topK' (e.g. 'top3'), "
+        f"got {aggregation!r}"
+    )
+
+
+def photo_individual_scores(vectors: _F32, labels: _Arr, queries: _F32) -> _Arr:
+    """Per query photo and individual: the best cosine over the individual's images.
+
+    Exact (a dense product over every image): a sighting has a few photos, and their
+    scores for *every* individual are needed to combine them.
+
+    Returns:
+        ``(Q, I)`` scores; individuals without images score ``-inf``.
+    """
+    n_ind = int(labels.max()) + 1 if len(labels) else 0
+    scores = np.full((len(queries), n_ind), -np.inf, dtype=np.float64)
+    if not len(labels):
+        return scores
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(n_ind))
+    present = np.bincount(labels, minlength=n_ind) > 0
+    sims = queries @ vectors[order].T  # (Q, N), images grouped by individual
+    scores[:, present] = np.maximum.reduceat(sims, starts[present], axis=1)
+    return scores
+
+
+def rank_individuals_for_set(
+    vectors: _F32, labels: _Arr, queries: _F32, top_k: int, *, aggregation: str = "top3"
+) -> list[SetHit]:
+    """The ``top_k`` best individuals for a set of query photos of one animal.
+
+    Args:
+        vectors: ``(N, D)`` unit-norm image vectors.
+        labels: ``(N,)`` individual row of each image.
+        queries: ``(Q, D)`` unit-norm vectors of the sighting's photos (``Q >= 1``).
+        top_k: Individuals to return.
+        aggregation: See :data:`SET_AGGREGATIONS`.
+
+    Raises:
+        GalleryError: ``top_k`` below one, no query photo, or an unknown aggregation.
+    """
+    k_photos = check_set_aggregation(aggregation)
+    if top_k < 1:
+        raise GalleryError("top_k must be >= 1")
+    if len(queries) == 0:
+        raise GalleryError("a sighting needs at least one photo")
+    if len(vectors) == 0:
+        return []
+    labels = np.asarray(labels, np.int64)
+    scores = photo_individual_scores(vectors, labels, queries)
+    if aggregation == "centroid":
+        centre = queries.mean(axis=0)
+        norm = float(np.linalg.norm(centre))
+        # Opposite photos cancel out: fall back to the best photo (nothing to average).
+        centre = centre / norm if norm > 1e-6 else queries[0]
+        combined = photo_individual_scores(vectors, labels, centre[None].astype(np.float32))[0]
+    else:
+        ranked_photos = -np.sort(-scores, axis=0)  # each individual's photos, best first
+        take = len(queries) if k_photos is None else min(k_photos, len(queries))
+        combined = ranked_photos[:take].mean(axis=0)
+    valid = np.isfinite(combined)
+    order = np.lexsort((np.arange(len(combined)), -np.where(valid, combined, -np.inf)))
+    out = []
+    for ind in order[: min(top_k, int(valid.sum()))].tolist():
+        members = np.flatnonzero(labels == ind)
+        best_image = members[np.argmax(queries @ vectors[members].T, axis=1)]
+        photos = np.argsort(-scores[:, ind], kind="stable")
+        evidence = tuple(
+            (int(p), int(best_image[p]), float(scores[p, ind])) for p in photos.tolist()
+        )
+        out.append(SetHit(int(ind), float(combined[ind]), evidence))
+    return out

@@ -18,11 +18,14 @@ __all__ = [
     "CANDIDATE_SOURCES",
     "EMBEDDING_KINDS",
     "REJECTION_REASONS",
+    "SIGHTING_REJECTION_REASONS",
     "CandidateSource",
     "EmbeddingKind",
     "GateResult",
     "Match",
+    "PhotoEvidence",
     "Prediction",
+    "SightingPrediction",
     "as_candidate_source",
     "embedding_kind",
 ]
@@ -267,3 +270,162 @@ def as_candidate_source(value: object) -> CandidateSource | None:
     if value is None or value == "":
         return None
     raise DataError(f"unknown candidate_source {value!r}; expected one of {CANDIDATE_SOURCES}")
+
+
+#: Why a sighting was not identified. ``None`` on a sighting means it was.
+SIGHTING_REJECTION_REASONS: Final = ("empty_sighting", "no_accepted_photo")
+
+
+@dataclass(frozen=True)
+class PhotoEvidence:
+    """Which catalogue photo matched one photo of a sighting, for one candidate.
+
+    Attributes:
+        photo: Position of the photo in the sighting.
+        image_id: The candidate's gallery image that matched it best.
+        score: Their cosine.
+    """
+
+    photo: int
+    image_id: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhotoEvidence:
+        """Rebuild from :meth:`to_dict` output."""
+        _check_keys(cls, data)
+        return cls(int(data["photo"]), str(data["image_id"]), float(data["score"]))
+
+
+@dataclass(frozen=True)
+class SightingPrediction:
+    """Everything ecomarine concluded about one sighting: several photos of one animal.
+
+    Attributes:
+        sighting_id: The caller's name for the sighting.
+        individual_id: The catalogued individual it was identified as, else ``None``.
+        is_new_individual: True when the best aggregated score is under the sighting
+            threshold.
+        candidates: Ranked individuals, best first; ``score`` is the aggregated score,
+            on the scale of :attr:`new_individual_threshold`.
+        species: The matched individual's species, or a clear vote (see
+            :func:`~ecomarine.species_vote.vote_species`).
+        species_score: Share of the vote that species got.
+        photos: The per-photo predictions, in input order, gate rejections included.
+        new_individual_threshold: The sighting threshold applied (``None``: never new).
+        aggregation: How the photos' scores were combined (``"top3"``, ...).
+        candidate_source: ``"gallery"`` or ``"head"`` (see :class:`Prediction`).
+        evidence: Per candidate id, which catalogue photo matched each accepted photo
+            (best photo first).
+        rejection_reason: ``None`` when identified, else one of
+            :data:`SIGHTING_REJECTION_REASONS`.
+        model_id: Identifier of the model that made the prediction.
+    """
+
+    sighting_id: str
+    individual_id: str | None = None
+    is_new_individual: bool = False
+    candidates: tuple[Match, ...] = field(default_factory=tuple)
+    species: str | None = None
+    species_score: float | None = None
+    photos: tuple[Prediction, ...] = field(default_factory=tuple)
+    new_individual_threshold: float | None = None
+    aggregation: str | None = None
+    candidate_source: CandidateSource | None = None
+    evidence: Mapping[str, tuple[PhotoEvidence, ...]] = field(default_factory=dict)
+    rejection_reason: str | None = None
+    model_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            self.rejection_reason is not None
+            and self.rejection_reason not in SIGHTING_REJECTION_REASONS
+        ):
+            raise DataError(
+                f"unknown sighting rejection_reason {self.rejection_reason!r}; "
+                f"expected one of {SIGHTING_REJECTION_REASONS}"
+            )
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        object.__setattr__(self, "photos", tuple(self.photos))
+        object.__setattr__(
+            self, "evidence", {str(k): tuple(v) for k, v in dict(self.evidence).items()}
+        )
+        object.__setattr__(self, "candidate_source", as_candidate_source(self.candidate_source))
+
+    @property
+    def accepted(self) -> bool:
+        """True when at least one photo passed the gate and the sighting was identified."""
+        return self.rejection_reason is None
+
+    @property
+    def accepted_photos(self) -> tuple[Prediction, ...]:
+        """The photos that voted (those the gate accepted)."""
+        return tuple(p for p in self.photos if p.accepted)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (photos and candidates as lists of dicts)."""
+        return {
+            "sighting_id": self.sighting_id,
+            "individual_id": self.individual_id,
+            "is_new_individual": self.is_new_individual,
+            "candidates": [m.to_dict() for m in self.candidates],
+            "species": self.species,
+            "species_score": _finite_or_none(self.species_score),
+            "photos": [p.to_dict() for p in self.photos],
+            "new_individual_threshold": _finite_or_none(self.new_individual_threshold),
+            "aggregation": self.aggregation,
+            "candidate_source": self.candidate_source,
+            "evidence": {k: [e.to_dict() for e in v] for k, v in self.evidence.items()},
+            "rejection_reason": self.rejection_reason,
+            "model_id": self.model_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SightingPrediction:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            DataError: On unknown or missing fields or malformed values.
+        """
+        _check_keys(cls, data)
+        for key in ("candidates", "photos"):
+            if not isinstance(data.get(key, []), list | tuple):
+                raise DataError(f"SightingPrediction: {key!r} must be a list")
+        evidence = data.get("evidence") or {}
+        if not isinstance(evidence, Mapping):
+            raise DataError("SightingPrediction: 'evidence' must be an object")
+
+        def opt(key: str) -> Any:
+            return data.get(key)
+
+        try:
+            return cls(
+                sighting_id=str(data["sighting_id"]),
+                individual_id=None if opt("individual_id") is None else str(opt("individual_id")),
+                is_new_individual=bool(data.get("is_new_individual", False)),
+                candidates=tuple(Match.from_dict(c) for c in data.get("candidates", [])),
+                species=None if opt("species") is None else str(opt("species")),
+                species_score=None if opt("species_score") is None else float(opt("species_score")),
+                photos=tuple(Prediction.from_dict(p) for p in data.get("photos", [])),
+                new_individual_threshold=None
+                if opt("new_individual_threshold") is None
+                else float(opt("new_individual_threshold")),
+                aggregation=None if opt("aggregation") is None else str(opt("aggregation")),
+                candidate_source=as_candidate_source(opt("candidate_source")),
+                evidence={
+                    str(k): tuple(PhotoEvidence.from_dict(e) for e in v)
+                    for k, v in evidence.items()
+                },
+                rejection_reason=None
+                if opt("rejection_reason") is None
+                else str(opt("rejection_reason")),
+                model_id=None if opt("model_id") is None else str(opt("model_id")),
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"SightingPrediction: malformed value: {exc}") from exc

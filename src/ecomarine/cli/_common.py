@@ -8,14 +8,20 @@ import glob
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..types import EMBEDDING_KINDS, EmbeddingKind, Prediction, embedding_kind
+from ..types import (
+    EMBEDDING_KINDS,
+    EmbeddingKind,
+    Prediction,
+    SightingPrediction,
+    embedding_kind,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import GateChoice
@@ -116,8 +122,10 @@ class InputFile:
     root: Path | None
 
 
-def expand_named_inputs(paths: Sequence[str]) -> list[InputFile]:
-    """Files as given; folders searched recursively for images; globs expanded.
+def expand_named_inputs(
+    paths: Sequence[str], suffixes: Collection[str] = IMAGE_SUFFIXES
+) -> list[InputFile]:
+    """Files as given; folders searched recursively for images (``suffixes``); globs expanded.
 
     Photos found in a folder are named by their path under that folder
     (``day1/IMG_0001.jpg``), so photos with the same file name stay apart.
@@ -129,9 +137,7 @@ def expand_named_inputs(paths: Sequence[str]) -> list[InputFile]:
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
             out += [InputFile(f, f.relative_to(p).as_posix(), p) for f in found]
         elif p.exists():
             out.append(InputFile(p, str(p), None))
@@ -173,8 +179,8 @@ def progress_callback(total: int, label: str) -> Iterator[Callable[[int], None]]
         yield bar.update
 
 
-def verdict(p: Prediction) -> str:
-    """A short human verdict for a prediction (the open-set decision, not the best guess)."""
+def verdict(p: Prediction | SightingPrediction) -> str:
+    """A short human verdict (the open-set decision, not the best guess)."""
     if p.rejection_reason:
         return f"rejected: {p.rejection_reason}"
     if p.is_new_individual:
@@ -186,7 +192,22 @@ def verdict(p: Prediction) -> str:
     return "cetacean (no catalogue)"
 
 
-def best_guess(p: Prediction) -> tuple[str, str]:
+def outcome(p: Prediction | SightingPrediction) -> str:
+    """How a photo or sighting counts in a summary: rejected, new, identified, unmatched."""
+    if p.rejection_reason:
+        return "rejected"
+    if p.is_new_individual:
+        return "new"
+    return "identified" if p.individual_id else "unmatched"
+
+
+UNMATCHED_NOTE = (
+    "not matched to any catalogue (no --gallery); "
+    "'(head)' candidates are individuals the model was trained on, not your animals"
+)
+
+
+def best_guess(p: Prediction | SightingPrediction) -> tuple[str, str]:
     """The best candidate and its score, marked when it is only a hint of the model's head."""
     if not p.candidates:
         return "", ""

@@ -14,7 +14,7 @@ from ._app import cli
 from ._common import overwrite_option, parse_assignments, refuse_existing
 
 if TYPE_CHECKING:
-    from ..types import Prediction
+    from ..results import Record
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -77,7 +77,7 @@ class DwcSettings:
     def write(
         self,
         out: Path,
-        preds: Sequence[Prediction],
+        preds: Sequence[Record],
         *,
         include_rejected: bool = False,
         media_root: Path | None = None,

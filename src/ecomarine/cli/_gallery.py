@@ -14,6 +14,7 @@ from ._app import cli
 from ._common import (
     catalog_columns_option,
     check_model,
+    expand_inputs,
     fmt,
     kind_option,
     overwrite_option,
@@ -148,34 +149,64 @@ def build(
 
 @gallery.command("add")
 @click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--photos",
+    multiple=True,
+    help="Photos (files or folders) of ONE individual, e.g. a confirmed sighting; "
+    "with --individual, instead of --csv. Repeatable.",
+)
+@click.option("--individual", help="The id the --photos are enrolled under.")
+@click.option("--species", help="Species of the --photos.")
 @click.option("--model", default="embedded", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @catalog_columns_option
 @_duplicates_option
 def add(
     gallery_dir: Path,
-    csv_path: Path,
+    csv_path: Path | None,
     images: Path | None,
+    photos: tuple[str, ...],
+    individual: str | None,
+    species: str | None,
     model: str,
     batch_size: int,
     columns: dict[str, str],
     duplicates: DuplicatePolicy,
 ) -> None:
-    """Add labelled photos to an existing gallery (same model required)."""
+    """Add labelled photos (a CSV, or one individual's photos) to an existing gallery."""
     from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..gallery import Gallery  # noqa: PLC0415
     from ..pipeline import Pipeline  # noqa: PLC0415
 
+    if (csv_path is None) == (not photos):
+        raise click.UsageError("pass either --csv or --photos (with --individual)")
+    if photos and not individual:
+        raise click.BadParameter("--photos need the individual's id", param_hint="--individual")
     check_model(model)
-    read_catalog_csv(csv_path, images, columns=columns)
+    files = expand_inputs(photos) if photos else []
+    if photos and not files:
+        raise click.BadParameter("no image files found", param_hint="--photos")
+    if csv_path is not None:
+        read_catalog_csv(csv_path, images, columns=columns)
     with Gallery.update(gallery_dir) as existing:  # one lock across load, add and save
         pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=existing.embedding_kind)
         pipe.attach_gallery(existing)
-        n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates)
+        if csv_path is not None:
+            n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates)
+        else:
+            with progress_callback(len(files), "embedding") as advance:
+                added = pipe.enroll(
+                    files,
+                    [str(individual)] * len(files),
+                    species,
+                    [{"source": str(f)} for f in files],
+                    batch_size=batch_size,
+                    duplicates=duplicates,
+                    progress=advance,
+                )
+            n, skipped = len(added), len(files) - len(added)
     click.echo(
         f"added {n} photos; gallery now {len(existing)} photos of "
         f"{len(existing.individuals())} individuals{_skipped(skipped)}"

@@ -10,6 +10,8 @@ import click
 
 from ._app import cli
 from ._common import (
+    IMAGE_SUFFIXES,
+    UNMATCHED_NOTE,
     FiniteFloatRange,
     InputFile,
     best_guess,
@@ -17,6 +19,7 @@ from ._common import (
     expand_named_inputs,
     fmt,
     gate_choice,
+    outcome,
     overwrite_option,
     progress,
     refuse_existing,
@@ -24,9 +27,13 @@ from ._common import (
     verdict,
 )
 from ._dwc import DwcSettings, dwc_options
+from ._sightings import SightingOptions, run_sightings, sighting_options
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..pipeline import Pipeline
+    from ..results import Record
     from ..types import Prediction
 
 
@@ -72,6 +79,7 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a Darwin Core Archive (.zip); needs --license.",
 )
+@sighting_options
 @dwc_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decode threads.")
@@ -86,6 +94,7 @@ def identify(
     output: Path | None,
     resume: bool,
     dwca: Path | None,
+    sightings: SightingOptions | None,
     dwc: DwcSettings,
     batch_size: int,
     workers: int | None,
@@ -93,8 +102,8 @@ def identify(
     overwrite: bool,
 ) -> None:
     """Identify the animals in PATHS (files, folders searched recursively, or globs)."""
-    from ..pipeline import Pipeline  # noqa: PLC0415 - keep `ecomarine --help` fast
     from ..results import ResultsWriter, completed_sources, read_results  # noqa: PLC0415
+    from ..sightings import VIDEO_SUFFIXES  # noqa: PLC0415
 
     # Every argument is checked before a model loads or a photo is read.
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
@@ -118,23 +127,48 @@ def identify(
             f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
         )
     check_model(model)
+    if threshold is not None and gallery_dir is None:
+        raise click.BadParameter(
+            "applies to a catalogue search; give --gallery", param_hint="--threshold"
+        )
     if dwca is not None:
         dwc.check()
-    inputs = expand_named_inputs(paths)
+    if sightings is not None:
+        sightings.check()
+    inputs = expand_named_inputs(
+        paths,
+        VIDEO_SUFFIXES
+        if sightings is not None and sightings.grouping == "video"
+        else IMAGE_SUFFIXES,
+    )
     if not inputs:
-        raise click.BadParameter("no image files found", param_hint="PATHS")
+        raise click.BadParameter("no image (or video) files found", param_hint="PATHS")
+    if sightings is not None:
+        pipe = _load(model, gallery_dir, gate_name, top_k)
+        found = run_sightings(
+            pipe,
+            sightings,
+            inputs,
+            output=output,
+            resume=resume,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+        )
+        if output is not None:
+            click.echo(f"wrote {output}")
+        if dwca is not None:
+            records: Sequence[Record] = read_results(output) if output is not None else found
+            n = dwc.write(dwca, records, media_root=_common_root(inputs))
+            click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
+        return
     todo = inputs
     if resume and output is not None and output.exists():
         done = completed_sources(output)
         todo = [f for f in inputs if str(f.path) not in done]
         click.echo(f"resuming {output}: {len(inputs) - len(todo)} of {len(inputs)} photos done")
-    pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_choice(gate_name))
-    pipe.top_k = top_k
-    if threshold is not None:
-        if pipe.gallery is None:
-            raise click.BadParameter(
-                "applies to a catalogue search; give --gallery", param_hint="--threshold"
-            )
+    pipe = _load(model, gallery_dir, gate_name, top_k)
+    if threshold is not None and pipe.gallery is not None:
         pipe.gallery.new_individual_threshold = threshold  # this run only; never saved
     names = {str(f.path): f.name for f in inputs}
     preds: list[Prediction] = []
@@ -170,29 +204,22 @@ def identify(
         click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
 
 
+def _load(model: str, gallery_dir: str | None, gate_name: str | None, top_k: int) -> Pipeline:
+    from ..pipeline import Pipeline  # noqa: PLC0415
+
+    pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_choice(gate_name))
+    pipe.top_k = top_k
+    return pipe
+
+
 def _summary(preds: list[Prediction], pipe: Pipeline, *, threshold_given: bool) -> str:
-    counts = Counter(
-        "rejected"
-        if p.rejection_reason
-        else "new"
-        if p.is_new_individual
-        else "identified"
-        if p.individual_id
-        else "hints"
-        if p.candidate_source == "head"
-        else "unsearched"
-        for p in preds
-    )
+    counts = Counter(outcome(p) for p in preds)
     lines = [
         f"{len(preds)} photos: {counts['identified']} identified, {counts['new']} new individuals, "
         f"{counts['rejected']} rejected"
     ]
-    unmatched = counts["hints"] + counts["unsearched"]
-    if unmatched:
-        lines.append(
-            f"{unmatched} cetacean photos not matched to any catalogue (no --gallery); "
-            "'(head)' candidates are individuals the model was trained on, not your animals"
-        )
+    if counts["unmatched"]:
+        lines.append(f"{counts['unmatched']} cetacean photos {UNMATCHED_NOTE}")
     if pipe.gallery is not None:
         thr = pipe.new_individual_threshold
         source = "--threshold" if threshold_given else pipe.threshold_source
