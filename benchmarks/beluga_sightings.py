@@ -79,6 +79,7 @@ def rank_sightings(
     gallery: Sequence[Sample],
     sightings: dict[str, list[Sample]],
     aggregation: str,
+    top_k: int = 5,
 ) -> tuple[list[list[Match]], list[str]]:
     names, labels = individual_rows([s.individual_id for s in gallery])
     g = np.stack([vec[s.image] for s in gallery]).astype(np.float32)
@@ -86,7 +87,7 @@ def rank_sightings(
     cands, truths = [], []
     for photos in sightings.values():
         q = np.stack([vec[s.image] for s in photos]).astype(np.float32)
-        hits = rank_individuals_for_set(g, labels, q, 5, aggregation=aggregation)
+        hits = rank_individuals_for_set(g, labels, q, top_k, aggregation=aggregation)
         cands.append([Match(names[h.individual], h.score) for h in hits])
         truth = photos[0].individual_id
         truths.append(truth if truth in known else NEW_INDIVIDUAL)

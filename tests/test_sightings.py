@@ -407,3 +407,21 @@ def test_gallery_identify_sightings_is_exact_for_any_index() -> None:
     assert a[0].candidates[0].individual_id == "w0"
     with pytest.raises(GalleryError):
         flat.identify_sightings([np.zeros((0, 8), np.float32)])
+
+
+def test_sightings_carry_probabilities_for_the_calibrated_aggregation(
+    sighting_pipe: Pipeline, encounters: dict[str, list[list[Path]]]
+) -> None:
+    whale = next(iter(encounters))
+    (calibrated,) = sighting_pipe.predict_sightings({"s": encounters[whale][1]})
+    assert calibrated.aggregation == sighting_pipe.sighting_aggregation
+    assert calibrated.p_known is not None
+    assert 0 < calibrated.p_known < 1
+    assert calibrated.candidate_set
+    assert all(m.probability is not None for m in calibrated.candidates)
+    other = next(a for a in SET_AGGREGATIONS if a != sighting_pipe.sighting_aggregation)
+    (uncalibrated,) = sighting_pipe.predict_sightings(
+        {"s": encounters[whale][1]}, aggregation=other
+    )
+    assert uncalibrated.p_known is None  # calibrated for one aggregation only
+    assert uncalibrated.candidate_set is None

@@ -21,6 +21,7 @@ from ._text import parse_json
 from .errors import ConfigError, GalleryError
 from .search import check_set_aggregation
 from .types import EMBEDDING_KINDS, EmbeddingKind, embedding_kind
+from .uncertainty import UncertaintyCalibration
 
 __all__ = [
     "FORMAT_VERSION",
@@ -238,6 +239,11 @@ class IdentifierConfig:
             held-out data with :attr:`sighting_thresholds`; ``None``: not calibrated.
         sighting_thresholds: Open-set threshold on the aggregated sighting score per
             embedding kind (aggregated scores are not distributed like photo scores).
+        uncertainty: Calibrated probabilities and conformal sets for the trained
+            embedding (:class:`~ecomarine.uncertainty.UncertaintyCalibration`); ``None``:
+            predictions fall back to the threshold alone.
+        sighting_uncertainty: The same for sightings, calibrated with
+            :attr:`sighting_aggregation` (valid for that aggregation only).
         members: Number of member networks (an ensemble when > 1). Each member is a
             backbone -> pooling -> neck of this architecture; the identifier's vectors
             concatenate the members' unit-norm vectors (see
@@ -256,6 +262,8 @@ class IdentifierConfig:
     members: int = 1
     sighting_aggregation: str | None = None
     sighting_thresholds: Mapping[EmbeddingKind, float] = field(default_factory=dict)
+    uncertainty: UncertaintyCalibration | None = None
+    sighting_uncertainty: UncertaintyCalibration | None = None
 
     def __post_init__(self) -> None:
         where = "config"
@@ -348,6 +356,10 @@ class IdentifierConfig:
             out["sighting_aggregation"] = self.sighting_aggregation
         if self.sighting_thresholds:
             out["sighting_thresholds"] = dict(self.sighting_thresholds)
+        if self.uncertainty is not None:
+            out["uncertainty"] = self.uncertainty.to_dict()
+        if self.sighting_uncertainty is not None:
+            out["sighting_uncertainty"] = self.sighting_uncertainty.to_dict()
         return out
 
     @classmethod
@@ -384,6 +396,8 @@ class IdentifierConfig:
         sighting = body.pop("sighting_thresholds", None) or {}
         if not isinstance(sighting, Mapping):
             raise _fail(where, "'sighting_thresholds' must be an object kind -> score")
+        raw_uncertainty = body.pop("uncertainty", None)
+        raw_sighting_uncertainty = body.pop("sighting_uncertainty", None)
         aggregation = body.pop("sighting_aggregation", None)
         if aggregation is not None and not isinstance(aggregation, str):
             raise _fail(where, "'sighting_aggregation' must be a string or null")
@@ -404,6 +418,14 @@ class IdentifierConfig:
         kwargs["new_individual_thresholds"] = thresholds
         kwargs["sighting_thresholds"] = dict(sighting)
         kwargs["sighting_aggregation"] = aggregation
+        if raw_uncertainty is not None:
+            kwargs["uncertainty"] = UncertaintyCalibration.from_dict(
+                raw_uncertainty, f"{where}: uncertainty"
+            )
+        if raw_sighting_uncertainty is not None:
+            kwargs["sighting_uncertainty"] = UncertaintyCalibration.from_dict(
+                raw_sighting_uncertainty, f"{where}: sighting_uncertainty"
+            )
         if body.get("head") is not None:
             kwargs["head"] = HeadConfig.from_dict(body["head"])
         if "preprocess" in body:

@@ -275,6 +275,10 @@ def _remarks(pred: Prediction) -> str:
         )
     if pred.new_individual_threshold is not None:
         parts.append(f"new-individual threshold {pred.new_individual_threshold:.3f}")
+    if pred.p_known is not None:
+        parts.append(f"p_known {pred.p_known:.3f}")
+    if pred.candidate_set is not None and pred.alpha is not None:
+        parts.append(f"{1 - pred.alpha:.0%} candidate set: {', '.join(pred.candidate_set)}")
     if pred.species is None and pred.accepted:
         parts.append("species not determined (no evidence beyond Cetacea)")
     if pred.rejection_reason:

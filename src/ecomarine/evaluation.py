@@ -22,6 +22,7 @@ from .metrics import (
 )
 from .search import rank_labelled
 from .types import EmbeddingKind
+from .uncertainty import LIST_SIZE, evaluate_uncertainty
 
 __all__ = ["EvaluationReport", "evaluate_open_set", "report_markdown"]
 
@@ -40,6 +41,10 @@ class EvaluationReport:
         threshold: The open-set threshold used. threshold_source: Where it came from.
         n_queries: Queries. n_known: Of known individuals. n_new: Of new individuals.
         n_gallery: Gallery images. embedding_kind: Which embedding was used. model: Name.
+        calibration: When the model carries calibration data: the expected calibration
+            error of ``p_known``, its reliability table, and the coverage and mean size of
+            the conformal candidate sets per alpha
+            (:func:`~ecomarine.uncertainty.evaluate_uncertainty`); else ``None``.
     """
 
     map5: float
@@ -56,6 +61,7 @@ class EvaluationReport:
     n_gallery: int
     embedding_kind: EmbeddingKind
     model: str
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN becomes ``None``)."""
@@ -77,13 +83,17 @@ def evaluate_open_set(
     batch_size: int = 64,
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    alphas: Sequence[float] = (0.1, 0.2),
+    new_share: float | None = None,
 ) -> EvaluationReport:
     """Embed both sets, search, and compute every metric.
 
     The threshold is, in order: ``threshold``; else calibrated on
     ``calibration_samples`` queried against the gallery; else the identifier's shipped
     one; else none (``new_individual`` is then ranked after the five candidates).
-    ``progress`` is called with the number of photos embedded after each batch.
+    ``progress`` is called with the number of photos embedded after each batch. When the
+    model carries calibration data, the report also measures its probabilities and
+    candidate sets (at each of ``alphas``, assuming ``new_share`` new animals).
     """
     g_emb = identifier.embed(
         [s.path for s in gallery_samples],
@@ -130,6 +140,15 @@ def evaluate_open_set(
     best = np.array([c[0].score if c else -1.0 for c in cands])
     is_new = np.array([t == NEW_INDIVIDUAL for t in truths])
     sim = q_emb[known_idx] @ g_emb.T if known_idx else np.zeros((0, len(g_emb)))
+    calibration = None
+    uncertainty = identifier.config.uncertainty if kind == "embedding" else None
+    if uncertainty is not None and known_idx and len(known_idx) < len(truths):
+        long_lists, _ = rank_labelled(
+            g_emb, g_ids, q_emb, [s.individual_id for s in query_samples], top_k=LIST_SIZE
+        )
+        calibration = evaluate_uncertainty(
+            uncertainty, long_lists, truths, alphas=alphas, new_share=new_share
+        )
     return EvaluationReport(
         map5=map_at_k(preds, truths),
         top1=known_top_k_accuracy(cands, truths, 1),
@@ -145,6 +164,7 @@ def evaluate_open_set(
         n_gallery=len(gallery_samples),
         embedding_kind=kind,
         model=identifier.config.name,
+        calibration=calibration,
     )
 
 
@@ -170,4 +190,29 @@ def report_markdown(report: EvaluationReport, title: str = "Open-set evaluation"
     ]
     lines = [f"## {title}", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in rows]
+    cal = d.get("calibration")
+    if cal:
+        lines += [
+            "",
+            f"Calibration (assuming {cal['new_share']:.2f} of the animals are new): expected "
+            f"calibration error of p_known {cal['ece']:.3f} (mean p_known "
+            f"{cal['mean_p_known']:.3f}, share known {cal['share_known']:.3f}).",
+            "",
+            "| p_known bin | photos | mean p_known | share known |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['low']:.1f}-{r['high']:.1f} | {r['n']} | {r['mean_probability']:.3f} | "
+            f"{r['observed']:.3f} |"
+            for r in cal["reliability"]
+        ]
+        lines += [
+            "",
+            "| alpha | target coverage | coverage | mean set size |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {a} | {s['target']:.2f} | {s['coverage']:.3f} | {s['mean_size']:.2f} |"
+            for a, s in cal["sets"].items()
+        ]
     return "\n".join(lines) + "\n"

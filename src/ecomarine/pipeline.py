@@ -41,6 +41,7 @@ from .gate import Gate, clip_gate
 from .hub import HubOptions
 from .identifier import Identifier
 from .io import ImageSource, content_sha256, describe_source, read_image_file
+from .metrics import NEW_INDIVIDUAL
 from .species_vote import vote_species
 from .transforms import (
     decode_pool,
@@ -51,6 +52,13 @@ from .transforms import (
     resize_pixels,
 )
 from .types import EmbeddingKind, Match, Prediction, SightingPrediction, embedding_kind
+from .uncertainty import (
+    DEFAULT_ALPHA,
+    LIST_SIZE,
+    OTHER_KNOWN,
+    Assessment,
+    UncertaintyCalibration,
+)
 
 __all__ = ["DEFAULT_MODEL", "PRODUCTION_CLIP", "DuplicatePolicy", "GateChoice", "Pipeline"]
 
@@ -67,6 +75,9 @@ _TRIM_EVERY = 64
 
 #: How a sighting's photos combine when the model ships no calibrated choice.
 DEFAULT_SIGHTING_AGGREGATION = "top3"
+
+#: How a pipeline decides known vs new (see :attr:`Pipeline.decision`).
+Decision = Literal["threshold", "probability"]
 
 #: What :meth:`Pipeline.enroll` does with a photo already in the gallery.
 DuplicatePolicy = Literal["skip", "error", "keep"]
@@ -125,6 +136,18 @@ class Pipeline(PretrainedMixin):
         self.gate = gate
         self.embedding_kind: EmbeddingKind = embedding_kind
         self.top_k = top_k
+        #: Miscoverage of the conformal candidate sets (sets hold the answer 1 - alpha
+        #: of the time).
+        self.alpha = DEFAULT_ALPHA
+        #: Expected share of new animals (``None``: the model's default); re-weights
+        #: ``p_known`` and the sets without re-running the networks.
+        self.new_share: float | None = None
+        #: The open-set verdict: ``"threshold"`` (the best score against the open-set
+        #: threshold) or ``"probability"`` (known when ``p_known >= known_level`` and the
+        #: candidate set names exactly one individual; needs calibration data).
+        self.decision: Decision = "threshold"
+        self.known_level = 0.5
+        self._warned_uncalibrated = False
         self.gallery: Gallery | None = None
         if gallery is not None:
             self.attach_gallery(gallery)
@@ -412,12 +435,26 @@ class Pipeline(PretrainedMixin):
             found = self.gallery.identify_sightings(
                 [np.stack(vectors[i]) for i in voting], self.top_k, threshold=thr, aggregation=agg
             )
-            for i, ans in zip(voting, found, strict=True):
+            assessed = self._assess_sightings([np.stack(vectors[i]) for i in voting], agg)
+            for i, ans, calib in zip(voting, found, assessed, strict=True):
+                extra: dict[str, Any] = {}
+                matches = ans.candidates
+                if calib is not None:
+                    prob = dict(zip(calib.candidate_ids, calib.probabilities, strict=True))
+                    matches = tuple(
+                        dataclasses.replace(m, probability=prob.get(m.individual_id))
+                        for m in matches
+                    )
+                    extra = {
+                        "p_known": calib.p_known,
+                        "candidate_set": calib.candidate_set,
+                        "alpha": calib.alpha,
+                    }
                 answers[i] = SightingPrediction(
                     sighting_id=ids[i],
                     individual_id=ans.individual_id,
                     is_new_individual=ans.is_new_individual,
-                    candidates=ans.candidates,
+                    candidates=matches,
                     species=ans.species,
                     species_score=ans.species_score,
                     photos=tuple(photos[i]),
@@ -429,6 +466,7 @@ class Pipeline(PretrainedMixin):
                         for ind, ev in ans.evidence.items()
                     },
                     model_id=self.identifier.config.name,
+                    **extra,
                 )
         elif voting:
             for i in voting:
@@ -442,6 +480,21 @@ class Pipeline(PretrainedMixin):
                 model_id=self.identifier.config.name,
             )
             for i in range(len(ids))
+        ]
+
+    def _assess_sightings(
+        self, sightings: list[np.ndarray[Any, Any]], aggregation: str
+    ) -> list[Assessment | None]:
+        """Probabilities and sets for sightings, when calibrated for this aggregation."""
+        cfg = self.identifier.config
+        calib = cfg.sighting_uncertainty if self.embedding_kind == "embedding" else None
+        if calib is None or self.gallery is None or aggregation != cfg.sighting_aggregation:
+            return [None] * len(sightings)
+        long = self.gallery.identify_sightings(
+            sightings, max(self.top_k, LIST_SIZE), aggregation=aggregation
+        )
+        return [
+            calib.assess(a.candidates, alpha=self.alpha, new_share=self.new_share) for a in long
         ]
 
     def _head_sighting(
@@ -597,15 +650,60 @@ class Pipeline(PretrainedMixin):
             source=item.source, sha256=item.sha256, model_id=self.identifier.config.name, **fields
         )
 
+    @property
+    def uncertainty(self) -> UncertaintyCalibration | None:
+        """The model's calibrated probabilities (trained embedding only), if it has them."""
+        if self.embedding_kind != "embedding":
+            return None
+        return self.identifier.config.uncertainty
+
+    def _assess(self, vectors: np.ndarray[Any, Any]) -> list[Assessment | None]:
+        """Calibrated probabilities and conformal sets for gallery queries (or ``None``s)."""
+        calib = self.uncertainty
+        if calib is None or self.gallery is None:
+            if not self._warned_uncalibrated:
+                logger.info(
+                    "the model %r has no calibration data for probabilities: predictions "
+                    "carry no p_known or candidate set; the open-set threshold alone decides",
+                    self.identifier.config.name,
+                )
+                self._warned_uncalibrated = True
+            return [None] * len(vectors)
+        ranked = self.gallery.search(vectors, max(self.top_k, LIST_SIZE))
+        return [calib.assess(row, alpha=self.alpha, new_share=self.new_share) for row in ranked]
+
     def _identify(
         self, emb: torch.Tensor, items: list[_Item], gate_scores: dict[int, float]
     ) -> list[Prediction]:
         out: list[Prediction] = []
         if self.gallery is not None and len(self.gallery):
+            vectors = emb.float().cpu().numpy()
             answers = self.gallery.identify(
-                emb.cpu().numpy(), self.top_k, threshold=self.new_individual_threshold
+                vectors, self.top_k, threshold=self.new_individual_threshold
             )
-            for it, ans in zip(items, answers, strict=True):
+            assessed = self._assess(vectors)
+            for it, ans, calib in zip(items, answers, assessed, strict=True):
+                matches = ans.candidates
+                extra: dict[str, Any] = {}
+                individual_id, is_new = ans.individual_id, ans.is_new_individual
+                if calib is not None and self.decision == "probability":
+                    named = [
+                        x for x in calib.candidate_set if x not in (NEW_INDIVIDUAL, OTHER_KNOWN)
+                    ]
+                    sure = calib.p_known >= self.known_level and len(named) == 1
+                    is_new = not sure
+                    individual_id = named[0] if sure else None
+                if calib is not None:
+                    prob = dict(zip(calib.candidate_ids, calib.probabilities, strict=True))
+                    matches = tuple(
+                        dataclasses.replace(m, probability=prob.get(m.individual_id))
+                        for m in matches
+                    )
+                    extra = {
+                        "p_known": calib.p_known,
+                        "candidate_set": calib.candidate_set,
+                        "alpha": calib.alpha,
+                    }
                 out.append(
                     self._prediction(
                         it,
@@ -613,11 +711,12 @@ class Pipeline(PretrainedMixin):
                         gate_score=gate_scores.get(it.index),
                         species=ans.species,
                         species_score=ans.species_score,
-                        individual_id=ans.individual_id,
-                        is_new_individual=ans.is_new_individual,
-                        candidates=ans.candidates,
+                        individual_id=individual_id,
+                        is_new_individual=is_new,
+                        candidates=matches,
                         candidate_source="gallery" if ans.candidates else None,
                         new_individual_threshold=ans.threshold,
+                        **extra,
                     )
                 )
             return out

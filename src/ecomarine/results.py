@@ -55,6 +55,9 @@ CSV_COLUMNS: Final = (
     "best_match",
     "score",
     "candidate_source",
+    "p_known",
+    "candidate_set",
+    "alpha",
     "species",
     "species_score",
     "new_individual_threshold",
@@ -65,7 +68,7 @@ CSV_COLUMNS: Final = (
     "model_id",
 )
 _BOOLS = ("is_cetacean", "is_new_individual")
-_NUMBERS = ("gate_score", "species_score", "new_individual_threshold")
+_NUMBERS = ("gate_score", "species_score", "new_individual_threshold", "p_known", "alpha")
 
 #: CSV columns of sighting results (``photos`` and ``evidence`` as JSON).
 SIGHTING_CSV_COLUMNS: Final = (
@@ -81,6 +84,9 @@ SIGHTING_CSV_COLUMNS: Final = (
     "species_score",
     "new_individual_threshold",
     "aggregation",
+    "p_known",
+    "candidate_set",
+    "alpha",
     "rejection_reason",
     "candidates",
     "photos",
@@ -88,7 +94,7 @@ SIGHTING_CSV_COLUMNS: Final = (
     "model_id",
 )
 _DERIVED = ("best_match", "score", "n_photos", "n_accepted")
-_JSON_CELLS = ("candidates", "photos", "evidence")
+_JSON_CELLS = ("candidates", "photos", "evidence", "candidate_set")
 
 
 def _format(path: Path) -> str:
@@ -118,7 +124,7 @@ def _csv_row(record: Record) -> list[object]:
         data["n_photos"] = len(record.photos)
         data["n_accepted"] = len(record.accepted_photos)
     for key in _JSON_CELLS:
-        if key in data:
+        if key in data and data[key] is not None:
             data[key] = json.dumps(data[key], ensure_ascii=False)
     return [
         spreadsheet_safe(_one_line("" if data[c] is None else data[c])) for c in _columns_of(record)
@@ -160,6 +166,8 @@ def _from_csv_row(row: dict[str, str], where: str, sighting: bool) -> Record:
     for key in _JSON_CELLS:
         if key not in data:
             continue
+        if key == "candidate_set" and not data[key]:
+            continue  # no calibration data: no set
         data[key] = parse_json(
             data[key] or ("{}" if key == "evidence" else "[]"), _json_fail(where, key)
         )

@@ -127,12 +127,15 @@ class Match:
         score: Similarity (cosine for gallery matches, probability for head matches).
         species: The individual's species label, when known.
         image_id: The gallery image that supports the match best, when from a gallery.
+        probability: Calibrated probability that the animal is this individual (see
+            :mod:`ecomarine.uncertainty`), when the model carries calibration data.
     """
 
     individual_id: str
     score: float
     species: str | None = None
     image_id: str | None = None
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -147,6 +150,7 @@ class Match:
             score=float(data["score"]),
             species=None if data.get("species") is None else str(data["species"]),
             image_id=None if data.get("image_id") is None else str(data["image_id"]),
+            probability=None if data.get("probability") is None else float(data["probability"]),
         )
 
 
@@ -171,6 +175,12 @@ class Prediction:
         error: Human-readable detail for a rejection caused by an error.
         sha256: SHA-256 of the image file's bytes, when the source was a file or bytes.
         model_id: Identifier of the model that made the prediction.
+        p_known: Calibrated probability that the animal is in the catalogue (``None``
+            when the model has no calibration data: the threshold alone decides).
+        candidate_set: Conformal set that contains the true answer with probability at
+            least ``1 - alpha``: individual ids, ``"new_individual"``, and
+            ``"other_known"`` (someone in the catalogue not listed).
+        alpha: The set's miscoverage.
     """
 
     source: str | None
@@ -187,8 +197,13 @@ class Prediction:
     sha256: str | None = None
     model_id: str | None = None
     candidate_source: CandidateSource | None = None
+    p_known: float | None = None
+    candidate_set: tuple[str, ...] | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.candidate_set is not None:
+            object.__setattr__(self, "candidate_set", tuple(str(x) for x in self.candidate_set))
         if self.candidate_source is not None and self.candidate_source not in CANDIDATE_SOURCES:
             raise DataError(
                 f"unknown candidate_source {self.candidate_source!r}; "
@@ -211,7 +226,8 @@ class Prediction:
         """Return a JSON-serialisable dict (``candidates`` as a list of dicts)."""
         out = asdict(self)
         out["candidates"] = [m.to_dict() for m in self.candidates]
-        for key in ("gate_score", "species_score", "new_individual_threshold"):
+        out["candidate_set"] = None if self.candidate_set is None else list(self.candidate_set)
+        for key in ("gate_score", "species_score", "new_individual_threshold", "p_known"):
             out[key] = _finite_or_none(out[key])
         return out
 
@@ -251,11 +267,22 @@ class Prediction:
                 sha256=opt_str("sha256"),
                 model_id=opt_str("model_id"),
                 candidate_source=as_candidate_source(data.get("candidate_source")),
+                p_known=opt_float("p_known"),
+                candidate_set=_str_tuple(data.get("candidate_set"), "candidate_set"),
+                alpha=opt_float("alpha"),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"Prediction: malformed value: {exc}") from exc
+
+
+def _str_tuple(value: object, key: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+        raise DataError(f"Prediction: {key!r} must be a list of strings or null")
+    return tuple(value)
 
 
 def as_candidate_source(value: object) -> CandidateSource | None:
@@ -324,6 +351,11 @@ class SightingPrediction:
         rejection_reason: ``None`` when identified, else one of
             :data:`SIGHTING_REJECTION_REASONS`.
         model_id: Identifier of the model that made the prediction.
+        p_known: Calibrated probability that the animal is in the catalogue (``None``
+            without calibration data for the aggregation used).
+        candidate_set: Conformal set holding the true answer with probability at least
+            ``1 - alpha`` (see :class:`Prediction`).
+        alpha: The set's miscoverage.
     """
 
     sighting_id: str
@@ -339,8 +371,13 @@ class SightingPrediction:
     evidence: Mapping[str, tuple[PhotoEvidence, ...]] = field(default_factory=dict)
     rejection_reason: str | None = None
     model_id: str | None = None
+    p_known: float | None = None
+    candidate_set: tuple[str, ...] | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.candidate_set is not None:
+            object.__setattr__(self, "candidate_set", tuple(str(x) for x in self.candidate_set))
         if (
             self.rejection_reason is not None
             and self.rejection_reason not in SIGHTING_REJECTION_REASONS
@@ -382,6 +419,9 @@ class SightingPrediction:
             "evidence": {k: [e.to_dict() for e in v] for k, v in self.evidence.items()},
             "rejection_reason": self.rejection_reason,
             "model_id": self.model_id,
+            "p_known": _finite_or_none(self.p_known),
+            "candidate_set": None if self.candidate_set is None else list(self.candidate_set),
+            "alpha": self.alpha,
         }
 
     @classmethod
@@ -424,6 +464,9 @@ class SightingPrediction:
                 if opt("rejection_reason") is None
                 else str(opt("rejection_reason")),
                 model_id=None if opt("model_id") is None else str(opt("model_id")),
+                p_known=None if opt("p_known") is None else float(opt("p_known")),
+                candidate_set=_str_tuple(opt("candidate_set"), "candidate_set"),
+                alpha=None if opt("alpha") is None else float(opt("alpha")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):

@@ -65,6 +65,28 @@ if TYPE_CHECKING:
     "model's calibrated one).",
 )
 @click.option(
+    "--alpha",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Candidate sets hold the true answer with probability at least 1 - alpha.",
+)
+@click.option(
+    "--decision",
+    type=click.Choice(["threshold", "probability"]),
+    default="threshold",
+    show_default=True,
+    help="Known vs new: the best score against the open-set threshold, or p_known >= 0.5 "
+    "with a candidate set naming exactly one individual (needs a calibrated model).",
+)
+@click.option(
+    "--new-share",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Expected share of new animals in this survey (default: the model's); "
+    "re-weights p_known and the candidate sets.",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write results (.csv or .jsonl), each photo's as soon as it is made.",
@@ -91,6 +113,9 @@ def identify(
     model: str,
     gate_name: str | None,
     threshold: float | None,
+    alpha: float,
+    decision: str,
+    new_share: float | None,
     output: Path | None,
     resume: bool,
     dwca: Path | None,
@@ -144,7 +169,7 @@ def identify(
     if not inputs:
         raise click.BadParameter("no image (or video) files found", param_hint="PATHS")
     if sightings is not None:
-        pipe = _load(model, gallery_dir, gate_name, top_k)
+        pipe = _load(model, gallery_dir, gate_name, top_k, alpha, new_share, decision)
         found = run_sightings(
             pipe,
             sightings,
@@ -167,7 +192,7 @@ def identify(
         done = completed_sources(output)
         todo = [f for f in inputs if str(f.path) not in done]
         click.echo(f"resuming {output}: {len(inputs) - len(todo)} of {len(inputs)} photos done")
-    pipe = _load(model, gallery_dir, gate_name, top_k)
+    pipe = _load(model, gallery_dir, gate_name, top_k, alpha, new_share, decision)
     if threshold is not None and pipe.gallery is not None:
         pipe.gallery.new_individual_threshold = threshold  # this run only; never saved
     names = {str(f.path): f.name for f in inputs}
@@ -189,12 +214,28 @@ def identify(
             names.get(p.source or "", p.source or ""),
             verdict(p),
             *best_guess(p),
+            fmt(p.p_known, 2),
+            _set_text(p.candidate_set),
             p.species or "",
             fmt(p.gate_score),
         )
         for p in preds
     ]
-    click.echo(table(rows, ["photo", "verdict", "best match", "score", "species", "gate"]))
+    click.echo(
+        table(
+            rows,
+            [
+                "photo",
+                "verdict",
+                "best match",
+                "score",
+                "p_known",
+                "candidate set",
+                "species",
+                "gate",
+            ],
+        )
+    )
     click.echo("\n" + _summary(preds, pipe, threshold_given=threshold is not None))
     if output is not None:
         click.echo(f"wrote {output}")
@@ -204,12 +245,39 @@ def identify(
         click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
 
 
-def _load(model: str, gallery_dir: str | None, gate_name: str | None, top_k: int) -> Pipeline:
+def _load(
+    model: str,
+    gallery_dir: str | None,
+    gate_name: str | None,
+    top_k: int,
+    alpha: float = 0.1,
+    new_share: float | None = None,
+    decision: str = "threshold",
+) -> Pipeline:
     from ..pipeline import Pipeline  # noqa: PLC0415
 
     pipe = Pipeline.from_pretrained(model, gallery=gallery_dir, gate=gate_choice(gate_name))
     pipe.top_k = top_k
+    pipe.alpha = alpha
+    pipe.new_share = new_share
+    if decision == "probability":
+        if pipe.uncertainty is None:
+            raise click.BadParameter(
+                "the model has no calibration data for probabilities", param_hint="--decision"
+            )
+        pipe.decision = "probability"
     return pipe
+
+
+def _set_text(labels: tuple[str, ...] | None, shown: int = 3) -> str:
+    """A candidate set in a table cell: its size and first labels."""
+    if labels is None:
+        return ""
+    short = [
+        "new" if x == "new_individual" else "other" if x == "other_known" else x for x in labels
+    ]
+    more = f" +{len(short) - shown}" if len(short) > shown else ""
+    return f"{len(short)}: {' '.join(short[:shown])}{more}"
 
 
 def _summary(preds: list[Prediction], pipe: Pipeline, *, threshold_given: bool) -> str:
@@ -226,10 +294,25 @@ def _summary(preds: list[Prediction], pipe: Pipeline, *, threshold_given: bool) 
         lines.append(
             "open-set policy: "
             + (
+                f"known when p_known >= {pipe.known_level:.2f} and the candidate set names one "
+                "individual (--decision probability); else new"
+            )
+            if pipe.decision == "probability"
+            else "open-set policy: "
+            + (
                 f"new individual when the best match scores under {thr:.3f} (from {source})"
                 if thr is not None
                 else "no threshold (never new): the model has no calibrated one; pass --threshold"
             )
+        )
+        calib = pipe.uncertainty
+        lines.append(
+            f"p_known assumes {pipe.new_share if pipe.new_share is not None else calib.new_share:.2f} "
+            f"of animals are new (--new-share); candidate sets hold the answer with "
+            f"probability >= {1 - pipe.alpha:.2f} (--alpha), if the photos resemble the "
+            "model's calibration photos"
+            if calib is not None
+            else "no p_known or candidate sets: the model has no calibration data"
         )
     return "\n".join(lines)
 
@@ -276,7 +359,7 @@ def demo() -> None:
     )
     photos = [s.path for s in query_rows] + sorted((root / "not_cetacean").glob("*.jpg"))
     truth = {s.path.name: s.individual_id for s in query_rows}
-    rows, right, flagged_new = [], 0, 0
+    rows, right, flagged_new, in_set = [], 0, 0, 0
     for p in pipe.predict_many(photos, batch_size=16):
         name = Path(p.source or "").name
         best = p.candidates[0] if p.candidates else None
@@ -284,14 +367,16 @@ def demo() -> None:
             ok = best is not None and best.individual_id == truth[name]
             right += ok
             flagged_new += p.is_new_individual
-            verdict_text = "new individual?" if p.is_new_individual else "known"
+            covered = p.candidate_set is not None and truth[name] in p.candidate_set
+            in_set += covered
             rows.append(
                 (
                     name,
                     truth[name],
                     best.individual_id if best else "",
                     fmt(best.score if best else None),
-                    verdict_text,
+                    fmt(p.p_known, 2),
+                    _set_text(p.candidate_set),
                     "yes" if ok else "no",
                 )
             )
@@ -302,22 +387,34 @@ def demo() -> None:
                     "(not a cetacean)",
                     "",
                     "",
+                    "",
                     verdict(p),
                     "yes" if p.rejection_reason else "no",
                 )
             )
     click.echo(
-        table(rows, ["photo", "truth", "best match", "score", "open-set verdict", "correct"])
+        table(
+            rows,
+            ["photo", "truth", "best match", "score", "p_known", "90% candidate set", "correct"],
+        )
     )
     threshold = pipe.new_individual_threshold
     click.echo(
         f"\nBest match right for {right} of {len(truth)} belugas; the non-cetacean photo was {'rejected by the gate' if rows[-1][-1] == 'yes' else 'NOT rejected'}."
     )
+    calib = pipe.uncertainty
+    if calib is not None:
+        click.echo(
+            f"The true whale is in the 90% candidate set for {in_set} of {len(truth)}. p_known is the "
+            f"probability that a photo's whale is in the catalogue, calibrated for a season in which "
+            f"{calib.new_share:.0%} of the whales are new (a set may also hold 'new' and 'other': "
+            "someone in the catalogue who is not listed)."
+        )
     if threshold is not None:
         click.echo(
-            f"{flagged_new} of {len(truth)} scored under the shipped new-individual threshold ({threshold:.3f}),"
-            " which was calibrated for a new survey season in which about half of the whales are unseen;"
-            " for a catalogue you know to be complete, lower Gallery.new_individual_threshold."
+            f"{flagged_new} of {len(truth)} scored under the shipped new-individual threshold ({threshold:.3f})"
+            " and would be called new by the threshold alone; for a catalogue you know to be complete,"
+            " tell `ecomarine identify` with a lower --new-share (or lower Gallery.new_individual_threshold)."
         )
     click.echo(
         "These belugas were photographed in 2017-2018, the seasons the embedded model was trained on;"

@@ -94,6 +94,19 @@ def train(print_config: bool, overwrite: bool, columns: dict[str, str], **values
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--alpha",
+    "alphas",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    multiple=True,
+    help="Measure the candidate sets at this alpha (repeatable; default 0.1 and 0.2).",
+)
+@click.option(
+    "--new-share",
+    type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Share of new animals p_known assumes (default: the model's).",
+)
 @catalog_columns_option
 @overwrite_option
 def evaluate(
@@ -107,10 +120,12 @@ def evaluate(
     json_out: Path | None,
     md_out: Path | None,
     batch_size: int,
+    alphas: tuple[float, ...],
+    new_share: float | None,
     columns: dict[str, str],
     overwrite: bool,
 ) -> None:
-    """Open-set evaluation: MAP@5 with new_individual, top-1/5, ROC-AUC, mAP."""
+    """Open-set evaluation: MAP@5, top-1/5, ROC-AUC, mAP; calibration of p_known and sets."""
     refuse_existing([json_out, md_out], overwrite)
     from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..evaluation import evaluate_open_set, report_markdown  # noqa: PLC0415
@@ -134,6 +149,8 @@ def evaluate(
             calibration_samples=calibration_rows,
             batch_size=batch_size,
             progress=advance,
+            alphas=alphas or (0.1, 0.2),
+            new_share=new_share,
         )
     md = report_markdown(report)
     click.echo(md)

@@ -1,0 +1,247 @@
+"""Calibrated probabilities and conformal candidate sets on the beluga protocol.
+
+Fitted on the calibration split only (held-out 2018 encounters searched among the
+training images; DESIGN.md), with the default share of new animals set to the 2017 ->
+2018 turnover (as the model's threshold is): no 2019 data. Measured once on 2019 (every
+2019 photo searched among every 2017-2018 photo):
+
+* expected calibration error (ECE, 10 equal-width bins) of ``p_known`` and its
+  reliability table, at the shipped default share of new animals; and, as a what-if
+  labelled as such, at 2019's actual share (which a user would not know in advance);
+* empirical coverage and mean size of the conformal candidate sets for several alpha.
+
+Writes ``benchmarks/results/beluga_uncertainty.{json,md}`` and, with matplotlib, a
+reliability diagram and a coverage plot (``docs/img/``). ``--write-config`` stores the
+calibration in a model's ``config.json`` (how the shipped embedded model got it).
+
+Usage:
+    pip install matplotlib   # for the plots only
+    python benchmarks/beluga_uncertainty.py --write-config src/ecomarine/weights/embedded/config.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from beluga_data import prepare, season_turnover
+from beluga_sightings import embed_all, group, rank_sightings
+
+from ecomarine import Identifier
+from ecomarine.catalog import Sample, read_catalog_csv
+from ecomarine.metrics import NEW_INDIVIDUAL
+from ecomarine.search import rank_labelled
+from ecomarine.types import Match
+from ecomarine.uncertainty import (
+    LIST_SIZE,
+    UncertaintyCalibration,
+    evaluate_uncertainty,
+    fit_uncertainty,
+)
+
+ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
+def ranked(
+    vec: dict[str, np.ndarray], gallery: list[Sample], queries: list[Sample]
+) -> tuple[list[list[Match]], list[str]]:
+    g = np.stack([vec[s.image] for s in gallery])
+    q = np.stack([vec[s.image] for s in queries])
+    return rank_labelled(
+        g,
+        [s.individual_id for s in gallery],
+        q,
+        [s.individual_id for s in queries],
+        top_k=LIST_SIZE,
+    )
+
+
+def measure(
+    cal: UncertaintyCalibration,
+    cands: list[list[Match]],
+    truths: list[str],
+    new_share: float | None,
+) -> dict[str, Any]:
+    return evaluate_uncertainty(cal, cands, truths, alphas=ALPHAS, new_share=new_share)
+
+
+def plots(result: dict[str, Any], out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    shipped, actual = result["2019"], result["2019_at_actual_share"]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    for m, name, style in (
+        (shipped, f"shipped default (new share {shipped['new_share']:.2f})", "o-"),
+        (actual, f"what-if: 2019's share ({actual['new_share']:.2f})", "s:"),
+    ):
+        rows = [r for r in m["reliability"] if r["n"] >= 10]  # bins of a few photos are noise
+        ax.plot(
+            [r["mean_probability"] for r in rows], [r["observed"] for r in rows], style, label=name
+        )
+    ax.set_xlabel("p_known (predicted)")
+    ax.set_ylabel("share of photos whose whale was known")
+    ax.set_title(f"2019 reliability (ECE {shipped['ece']:.3f})", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    reliability = out / "beluga_reliability.png"
+    fig.savefig(reliability, dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    targets = [1 - a for a in ALPHAS]
+    ax.plot(targets, targets, color="grey", lw=1, ls="--", label="target 1 - alpha")
+    got = [shipped["sets"][str(a)]["coverage"] for a in ALPHAS]
+    ax.plot(targets, got, "o-", label="2019 coverage")
+    for t, g, a in zip(targets, got, ALPHAS, strict=True):
+        ax.annotate(f"{shipped['sets'][str(a)]['mean_size']:.1f}", (t, g), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))  # fmt: skip
+    ax.set_xlabel("target coverage (1 - alpha)")
+    ax.set_ylabel("share of 2019 photos whose answer is in the set")
+    ax.set_title("Candidate sets on 2019 (labels: mean set size)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    coverage = out / "beluga_coverage.png"
+    fig.savefig(coverage, dpi=110)
+    plt.close(fig)
+    return [reliability, coverage]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"Fitted on the calibration split ({r['calibration']['n_queries']} held-out 2018 photos, "
+        f"{r['calibration']['n_new']} of new whales); default share of new animals "
+        f"{r['default_new_share']:.3f} (the 2017 -> 2018 turnover). Measured on 2019 "
+        f"({r['2019']['n']} photos, share of new whales {1 - r['2019']['share_known']:.3f}).",
+        "",
+        "| 2019 | new share assumed | ECE of p_known | mean p_known | share known |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, name in (
+        ("2019", "shipped default"),
+        ("2019_at_actual_share", "what-if: 2019's own share"),
+    ):
+        m = r[key]
+        lines.append(
+            f"| {name} | {m['new_share']:.3f} | {m['ece']:.3f} | {m['mean_p_known']:.3f} | "
+            f"{m['share_known']:.3f} |"
+        )
+    lines += [
+        "",
+        "Conformal candidate sets at the shipped default (labels: individual ids, "
+        "`new_individual`, `other_known`):",
+        "",
+        "| alpha | target | coverage | known photos | new photos | mean set size |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for alpha, s in r["2019"]["sets"].items():
+        lines.append(
+            f"| {alpha} | {s['target']:.2f} | {s['coverage']:.3f} | {s['coverage_known']:.3f} | "
+            f"{s['coverage_new']:.3f} | {s['mean_size']:.2f} |"
+        )
+    s = r["sightings"]
+    lines += [
+        "",
+        f"Sightings (2019 photos grouped by `encounter_id`, aggregation `{s['aggregation']}`; "
+        f"fitted on {s['calibration_sightings']} calibration encounters, "
+        f"{s['calibration_new']} of new whales): ECE of p_known {s['2019']['ece']:.3f} "
+        f"over {s['2019']['n']} sightings.",
+        "",
+        "| alpha | target | coverage | known sightings | new sightings | mean set size |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for alpha, c in s["2019"]["sets"].items():
+        lines.append(
+            f"| {alpha} | {c['target']:.2f} | {c['coverage']:.3f} | {c['coverage_known']:.3f} | "
+            f"{c['coverage_new']:.3f} | {c['mean_size']:.2f} |"
+        )
+    lines += ["", f"Produced by `{r['command']}` in {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/beluga"))
+    parser.add_argument("--splits", type=Path, default=Path("runs/beluga"))
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--plots", type=Path, default=Path("docs/img"))
+    parser.add_argument("--write-config", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    prepare(args.data, args.splits)
+    split = {
+        n: read_catalog_csv(args.splits / f"{n}.csv", args.data)
+        for n in ("train", "calibration", "gallery", "queries")
+    }
+    ident = Identifier.from_pretrained(args.model)
+    vec = embed_all(
+        ident,
+        split["gallery"] + split["queries"],
+        args.splits / f"vectors-{ident.fingerprint('embedding')}.npz",
+    )
+    turnover = season_turnover(args.splits / "gallery.csv")
+    cal_cands, cal_truths = ranked(vec, split["train"], split["calibration"])
+    cal = fit_uncertainty(cal_cands, cal_truths, new_share=round(turnover, 4))
+    cands, truths = ranked(vec, split["gallery"], split["queries"])
+    actual_share = float(np.mean([t == NEW_INDIVIDUAL for t in truths]))
+    result = {
+        "protocol": "beluga next-season (DESIGN.md); fitted on the calibration split only",
+        "command": "python benchmarks/beluga_uncertainty.py --model " + args.model,
+        "default_new_share": cal.new_share,
+        "calibration": {
+            "n_queries": len(cal_truths),
+            "n_new": sum(t == NEW_INDIVIDUAL for t in cal_truths),
+            "slope": cal.slope,
+            "intercept": cal.intercept,
+            "temperature": cal.temperature,
+            "other_logit": cal.other_logit,
+        },
+        "2019": {"n": len(truths), **measure(cal, cands, truths, None)},
+        "2019_at_actual_share": {"n": len(truths), **measure(cal, cands, truths, actual_share)},
+        "seconds": 0.0,
+    }
+    # Sightings (2019 photos grouped by encounter_id, the annotation), with the model's
+    # sighting aggregation; fitted on the calibration split's encounters.
+    aggregation = ident.config.sighting_aggregation or "top3"
+    s_cal_c, s_cal_t = rank_sightings(
+        vec, split["train"], group(split["calibration"]), aggregation, LIST_SIZE
+    )
+    s_cal = fit_uncertainty(s_cal_c, s_cal_t, new_share=round(turnover, 4))
+    s_c, s_t = rank_sightings(
+        vec, split["gallery"], group(split["queries"]), aggregation, LIST_SIZE
+    )
+    result["sightings"] = {
+        "aggregation": aggregation,
+        "calibration_sightings": len(s_cal_t),
+        "calibration_new": sum(t == NEW_INDIVIDUAL for t in s_cal_t),
+        "2019": {"n": len(s_t), **measure(s_cal, s_c, s_t, None)},
+    }
+    result["seconds"] = round(time.perf_counter() - started, 1)  # after the sightings too
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "beluga_uncertainty.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (args.results / "beluga_uncertainty.md").write_text(md)
+    print(md)
+    for path in plots(result, args.plots):
+        print(f"wrote {path}")
+    if args.write_config is not None:
+        cfg = json.loads(args.write_config.read_text())
+        cfg["uncertainty"] = cal.to_dict()
+        cfg["sighting_uncertainty"] = s_cal.to_dict()
+        args.write_config.write_text(json.dumps(cfg, indent=2) + "\n")
+        print(f"wrote the calibration into {args.write_config}")
+
+
+if __name__ == "__main__":
+    main()
