@@ -38,7 +38,7 @@ from ecomarine.config import PreprocessConfig
 from ecomarine.index import VectorIndex, faiss_available
 
 CACHE = Path("benchmarks/cache")
-ALL_PARTS = "throughput,gate,first,memory,search"
+ALL_PARTS = "throughput,gate,first,memory,search,exact"
 
 
 def photo_set(data: Path, n_real: int) -> list[Path]:
@@ -85,9 +85,16 @@ def throughput(
     backend = gate.backend
     assert isinstance(backend, EmbeddedBackend)
 
+    nets = (backend.model, ident)
+
+    def eager(on: bool) -> None:
+        for net in nets:
+            net.fused.enabled = not on
+
     def reference() -> None:
         # What a straightforward loop does: full decode, PIL resize, the same modules
-        # called on one NCHW tensor at a time under no_grad.
+        # called on one NCHW tensor at a time under no_grad (eager: no fused graphs).
+        eager(True)
         with torch.no_grad():
             for p in photos:
                 img = Image.open(p).convert("RGB")  # full decode, no draft mode
@@ -96,6 +103,7 @@ def throughput(
                 logp = torch.log_softmax(backend.model.imagenet_logits(g), dim=1)
                 backend.scores_from_log_probs(logp)
                 torch.nn.functional.normalize(ident(i), dim=1)
+        eager(False)
 
     def library_one_at_a_time() -> None:
         # The same loop through the library's network calls (channels-last inputs).
@@ -114,6 +122,12 @@ def throughput(
             gate.score_tensor(g_all[s : s + batch])
             ident.embed_tensor(i_all[s : s + batch])
 
+    def networks_eager() -> None:
+        # The same batches through the eager modules (BatchNorm not folded).
+        eager(True)
+        networks()
+        eager(False)
+
     def pipeline() -> None:
         n = sum(1 for _ in pipe.predict_many(photos, batch_size=batch, num_workers=workers))
         assert n == len(photos)
@@ -123,6 +137,7 @@ def throughput(
     variants = (
         ("reference", reference),
         ("library_one_at_a_time", library_one_at_a_time),
+        ("networks_eager", networks_eager),
         ("networks", networks),
         ("pipeline", pipeline),
     )
@@ -142,6 +157,7 @@ def throughput(
             rate["pipeline"] / rate["library_one_at_a_time"], 2
         ),
         "pipeline_vs_networks_only": round(rate["pipeline"] / rate["networks"], 2),
+        "fused_vs_eager_networks": round(rate["networks"] / rate["networks_eager"], 2),
         "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
 
@@ -337,6 +353,41 @@ def search_bench(
     return out
 
 
+def exact_search(n: int, dim: int, n_queries: int, repeats: int) -> dict[str, Any]:
+    """Exact search, batched and single, against the bare arithmetic, interleaved runs."""
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((n, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = rng.standard_normal((n_queries, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    library = VectorIndex(db, kind="flat")  # the default: BLAS through PyTorch
+    candidates: dict[str, Any] = {"library": library}
+    if faiss_available():
+        candidates["faiss IndexFlatIP"] = VectorIndex(db, kind="flat", use_faiss=True)
+    candidates["numpy (argpartition)"] = VectorIndex(db, kind="flat", use_faiss=False)
+    db_t, q_t = torch.from_numpy(db), torch.from_numpy(q)
+    batched: dict[str, list[float]] = {name: [] for name in [*candidates, "bare product + topk"]}
+    single: dict[str, list[float]] = {name: [] for name in [*candidates, "numpy matrix-vector"]}
+    for _ in range(repeats):  # interleaved: every contender once per round
+        for name, index in candidates.items():
+            batched[name] += timed(lambda index=index: index.search(q, 50), 1)
+            single[name] += timed(lambda index=index: index.search(q[:1], 50), 1)
+        batched["bare product + topk"] += timed(lambda: torch.topk(q_t @ db_t.T, 50), 1)
+        single["numpy matrix-vector"] += timed(lambda: db @ q[0], 1)
+    batch_ms = {k: round(1000 * float(np.median(v)) / n_queries, 3) for k, v in batched.items()}
+    single_ms = {k: round(1000 * float(np.median(v)), 2) for k, v in single.items()}
+    return {
+        "n": n,
+        "dim": dim,
+        "queries": n_queries,
+        "repeats": repeats,
+        "batched_ms_per_query": batch_ms,
+        "single_ms": single_ms,
+        "batched_vs_bare": round(batch_ms["library"] / batch_ms["bare product + topk"], 2),
+        "single_vs_matvec": round(single_ms["library"] / single_ms["numpy matrix-vector"], 2),
+    }
+
+
 def peak_memory(photos: list[Path], n: int) -> dict[str, Any]:
     # VmHWM is the high-water mark of this process's own memory map. (ru_maxrss is not:
     # a child started by vfork + exec inherits the parent's peak as its starting value.)
@@ -379,7 +430,9 @@ def markdown(res: dict[str, Any]) -> str:
         "| --- | --- |",
         f"| one-at-a-time reference loop (full decode, NCHW, no_grad) | {r['reference']} img/s |",
         f"| one at a time through the library's network calls | {r['library_one_at_a_time']} img/s |",
-        f"| networks only (pre-decoded batches of {t['batch_size']}) | {r['networks']} img/s |",
+        f"| networks only, eager (BatchNorm not folded) | {r.get('networks_eager', '-')} img/s |",
+        f"| networks only (pre-decoded batches of {t['batch_size']}; fused graphs) | {r['networks']} img/s |",
+        f"| fused / eager networks | {t.get('fused_vs_eager_networks', '-')}x |",
         f"| `Pipeline.predict_many` ({t['decode_workers']} decode threads) | {r['pipeline']} img/s |",
         f"| pipeline / reference | {t['pipeline_vs_reference']}x |",
         f"| pipeline / library one at a time | {t['pipeline_vs_library_one_at_a_time']}x |",
@@ -432,6 +485,29 @@ def markdown(res: dict[str, Any]) -> str:
         f"({st['n_individuals']} whales, embedded model); 200 queries are new photos of catalogued "
         "individuals. Random vectors, the worst case, are in `ann_recall.md`.",
     ]
+    ex = res.get("exact_search")
+    if ex:
+        lines += [
+            "",
+            f"Exact search, {ex['n']:,} x {ex['dim']} unit vectors (random), medians of "
+            f"{ex['repeats']} interleaved rounds: {ex['queries']} queries at once (ms per query) "
+            "and one query (ms):",
+            "",
+            "| exact search | batched, ms/query | single, ms |",
+            "| --- | --- | --- |",
+        ]
+        for name in ex["batched_ms_per_query"]:
+            lines.append(
+                f"| {name} | {ex['batched_ms_per_query'].get(name, '-')} | "
+                f"{ex['single_ms'].get(name, '-')} |"
+            )
+        lines.append(f"| numpy matrix-vector | - | {ex['single_ms']['numpy matrix-vector']} |")
+        lines += [
+            "",
+            f"The library's exact search: {ex['batched_vs_bare']}x the bare matrix product + "
+            f"top-k when batched, {ex['single_vs_matvec']}x the NumPy matrix-vector product for "
+            "one query.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -443,7 +519,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default=ALL_PARTS,
-        help="comma-separated subset of throughput,gate,first,memory,search to rerun "
+        help="comma-separated subset of throughput,gate,first,memory,search,exact to rerun "
         "(the others are kept from the existing speed.json)",
     )
     args = parser.parse_args()
@@ -477,6 +553,11 @@ def main() -> None:
     if "memory" in parts:
         res["memory"] = peak_memory(photos, 200 if args.quick else 2000)
         print(res["memory"], flush=True)
+    if "exact" in parts:
+        res["exact_search"] = exact_search(
+            20_000 if args.quick else 100_000, 512, 200, 3 if args.quick else 7
+        )
+        print(json.dumps(res["exact_search"], indent=1), flush=True)
     if "search" in parts:
         stats = embedding_statistics(args.data)
         res["search_vectors"] = {

@@ -228,3 +228,43 @@ def test_embed_accepts_every_source_kind(photos: list[Path]) -> None:
     np.testing.assert_array_equal(emb[2], emb[0])
     np.testing.assert_allclose(emb[4], emb[3], atol=1e-6)
     np.testing.assert_allclose(emb[3], emb[0], atol=1e-3)
+
+
+# --- the fused inference path ------------------------------------------------------------
+
+
+def test_fused_path_equals_eager_and_follows_the_weights(
+    examples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ecomarine._fuse as fuse
+
+    photos = sorted((examples_dir / "belugas" / "gallery").glob("*.jpg"))[:6]
+    ident = Identifier.from_pretrained("embedded", device="cpu")
+    fused = ident.embed_kinds(photos, batch_size=4)
+    assert ident.fused._graphs  # a frozen graph was built and cached
+    assert all(g is not False for g in ident.fused._graphs.values())
+    ident.fused.enabled = False
+    eager = ident.embed_kinds(photos, batch_size=4)
+    for kind in ("embedding", "features"):
+        assert np.min(np.sum(fused[kind] * eager[kind], axis=1)) >= 0.9999
+    # Training invalidates the graphs: weights may change.
+    ident.fused.enabled = True
+    ident.train()
+    assert not ident.fused._graphs
+    ident.eval()
+    with torch.no_grad():
+        ident.neck[0].weight.mul_(-1.0)  # new weights: the fused path must see them
+    after = ident.embed(photos[:2])
+    ident.fused.enabled = False
+    assert np.allclose(after, ident.embed(photos[:2]), atol=1e-4)
+    # Switched off by the environment, or refused when it disagrees: eager, same answers.
+    ident.fused.enabled = True
+    ident.fused.clear()
+    monkeypatch.setenv("ECOMARINE_FUSE", "0")
+    ident.embed(photos[:2])
+    assert not ident.fused._graphs
+    monkeypatch.delenv("ECOMARINE_FUSE")
+    monkeypatch.setattr(fuse, "MIN_COSINE", 1.1)  # nothing can agree this well
+    refused = ident.embed(photos[:2])
+    assert list(ident.fused._graphs.values()) == [False]
+    assert np.allclose(refused, after, atol=1e-4)

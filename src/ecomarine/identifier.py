@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ._atomic import atomic_write_bytes, atomic_write_text
 from ._device import conv_layout, resolve_device
+from ._fuse import FusedCache, Traced
 from ._parts import IdentifierParts
 from ._pretrained import LoadRequest, PretrainedMixin
 from .config import IdentifierConfig
@@ -146,7 +147,25 @@ class Identifier(PretrainedMixin, nn.Module):
             if not self.labels:
                 raise ConfigError("a head needs labels (the known individual ids)")
             self.head = build_head(config.head, self.embedding_size, len(self.labels))
+        #: Frozen inference graphs (BatchNorm folded), see :mod:`ecomarine._fuse`; set
+        #: ``identifier.fused.enabled = False`` for the eager path.
+        self.fused = FusedCache()
         self.eval()
+
+    def train(self, mode: bool = True) -> Identifier:
+        """Set training mode; forgets the fused graphs when training starts or ends."""
+        fused = self.__dict__.get("fused")
+        if fused is not None and (mode or self.training):  # eval() on eval: weights unchanged
+            fused.clear()
+        super().train(mode)
+        return self
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`; also forgets the fused graphs."""
+        fused = self.__dict__.get("fused")
+        if fused is not None:
+            fused.clear()
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     # --- forward passes -----------------------------------------------------------------
 
@@ -189,8 +208,15 @@ class Identifier(PretrainedMixin, nn.Module):
         """Logits of the backbone's own classifier (needs ``backbone_num_classes > 0``)."""
         if self.config.backbone_num_classes == 0:
             raise ConfigError("this identifier has no backbone classifier")
+        if not self.training and not torch.is_grad_enabled():
+            fused = self.fused.run("logits", lambda: Traced(self, self._logits_tuple), x)
+            if fused is not None:
+                return fused[0]
+        return self._logits_tuple(x)[0]
+
+    def _logits_tuple(self, x: Tensor) -> tuple[Tensor]:
         out: Tensor = self.backbone.forward_head(self.forward_features(x))
-        return out
+        return (out,)
 
     # --- inference ----------------------------------------------------------------------
 
@@ -213,13 +239,28 @@ class Identifier(PretrainedMixin, nn.Module):
         wanted = _check_kinds(kinds)
         with torch.inference_mode():
             x = conv_layout(batch, self.device)
-            features = self._member_features(x)
+            fused = (
+                None
+                if self.training
+                else self.fused.run("members", lambda: Traced(self, self._all_kinds), x)
+            )
+            n = 1 + len(self.extra_members)
+            if fused is not None:
+                features, embeddings = list(fused[:n]), list(fused[n:])
+            else:
+                features = self._member_features(x)
+                embeddings = self._member_embeddings(features) if "embedding" in wanted else []
             out: dict[EmbeddingKind, Tensor] = {}
             if "features" in wanted:
                 out["features"] = _concat_unit(features)
             if "embedding" in wanted:
-                out["embedding"] = _concat_unit(self._member_embeddings(features))
+                out["embedding"] = _concat_unit(embeddings)
             return out
+
+    def _all_kinds(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Every member's pooled features, then every member's embedding (one graph)."""
+        features = self._member_features(x)
+        return (*features, *self._member_embeddings(features))
 
     def embed(
         self,

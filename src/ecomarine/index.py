@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 IndexKind = Literal["flat", "hnsw", "ivf", "sq8"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 _CHUNK_BYTES = 64 * 1024 * 1024  # similarity block size: keeps memory bounded
+_FEW_QUERIES = 4  # up to this many queries at once, NumPy; more, PyTorch
 
 
 def faiss_available() -> bool:
@@ -49,7 +50,9 @@ class VectorIndex:
         vectors: ``(N, D)`` float32 unit-norm rows.
         kind: ``"flat"`` (exact), or ``"hnsw"``, ``"ivf"``, ``"sq8"`` (approximate; they
             need FAISS). See the module docstring for when to use which.
-        use_faiss: ``None`` uses FAISS when installed; False forces NumPy.
+        use_faiss: ``None``: exact (``"flat"``) search runs as a batched BLAS matrix
+            product in PyTorch (measured fastest here, ``benchmarks/speed.py``) and the
+            approximate kinds use FAISS; True forces FAISS, False forces NumPy.
         hnsw_m: HNSW graph degree. ef_search: HNSW search breadth (higher: better
             recall, slower).
         nlist: IVF cells (default about ``4 * sqrt(N)``). nprobe: IVF cells scanned per
@@ -75,17 +78,21 @@ class VectorIndex:
             raise ConfigError(f"index kind must be one of {', '.join(INDEX_KINDS)}; got {kind!r}")
         if hnsw_m < 2 or ef_search < 1 or refine < 1:
             raise ConfigError("hnsw_m must be >= 2, ef_search and refine >= 1")
-        want_faiss = faiss_available() if use_faiss is None else use_faiss
+        # Exact search needs no FAISS by default: a BLAS matrix product is faster here.
+        want_faiss = (kind != "flat" and faiss_available()) if use_faiss is None else use_faiss
         if kind != "flat" and not want_faiss:
             raise ConfigError(f"the approximate {kind!r} index needs FAISS: pip install faiss-cpu")
         self._faiss: Any = None
+        self._torch = use_faiss is None and kind == "flat"
         if want_faiss and len(self.vectors):
             self._faiss = _build_faiss(self.vectors, kind, hnsw_m, ef_search, nlist, nprobe, refine)
 
     @property
     def backend(self) -> str:
-        """``"faiss"`` or ``"numpy"``."""
-        return "numpy" if self._faiss is None else "faiss"
+        """``"faiss"``, ``"torch"`` (BLAS matrix product) or ``"numpy"``."""
+        if self._faiss is not None:
+            return "faiss"
+        return "torch" if self._torch else "numpy"
 
     def search(
         self, queries: np.ndarray[Any, Any], k: int
@@ -97,6 +104,11 @@ class VectorIndex:
         if k <= 0 or len(q) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self._faiss is None:
+            # A few queries are a matrix-vector product bound by memory speed, where
+            # NumPy's argpartition wins; batches are BLAS-bound, where torch.topk wins
+            # (both measured by benchmarks/speed.py --parts exact).
+            if self._torch and len(q) > _FEW_QUERIES:
+                return _torch_topk(q, self.vectors, k)
             return _numpy_topk(q, self.vectors, k)
         scores, idx = self._faiss.search(q, k)
         scores, idx = scores.astype(np.float32), idx.astype(np.int64)
@@ -194,4 +206,26 @@ def _numpy_topk(
         order = np.lexsort((part, -part_s), axis=1)
         out_i[start : start + rows] = np.take_along_axis(part, order, axis=1)
         out_s[start : start + rows] = np.take_along_axis(part_s, order, axis=1)
+    return out_s, out_i
+
+
+def _torch_topk(
+    q: np.ndarray[Any, np.dtype[np.float32]], db: np.ndarray[Any, np.dtype[np.float32]], k: int
+) -> tuple[np.ndarray[Any, np.dtype[np.float32]], np.ndarray[Any, np.dtype[np.int64]]]:
+    """Exact top-k as a blocked matrix product and ``torch.topk`` (shares ``db``'s memory)."""
+    import torch  # noqa: PLC0415 - a core dependency, imported where used
+
+    base = torch.from_numpy(db)
+    rows = max(1, _CHUNK_BYTES // (4 * max(1, len(db))))
+    out_s = np.empty((len(q), k), np.float32)
+    out_i = np.empty((len(q), k), np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(q), rows):
+            block = torch.from_numpy(q[start : start + rows])
+            scores, idx = torch.topk(block @ base.T, k, dim=1)
+            s, i = scores.numpy(), idx.numpy()
+            # Equal scores in row order, as the NumPy and FAISS paths give them.
+            order = np.lexsort((i, -s), axis=1)
+            out_s[start : start + rows] = np.take_along_axis(s, order, axis=1)
+            out_i[start : start + rows] = np.take_along_axis(i, order, axis=1)
     return out_s, out_i
