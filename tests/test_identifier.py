@@ -240,8 +240,10 @@ def test_fused_path_equals_eager_and_follows_the_weights(
 
     photos = sorted((examples_dir / "belugas" / "gallery").glob("*.jpg"))[:6]
     ident = Identifier.from_pretrained("embedded", device="cpu")
-    fused = ident.embed_kinds(photos, batch_size=4)
-    assert ident.fused._graphs  # a frozen graph was built and cached
+    ident.embed_kinds(photos[:2])
+    assert not ident.fused._graphs  # one batch, as a single prediction: no tracing cost
+    fused = ident.embed_kinds(photos, batch_size=2)  # a longer run: built, then cached
+    assert ident.fused._graphs
     assert all(g is not False for g in ident.fused._graphs.values())
     ident.fused.enabled = False
     eager = ident.embed_kinds(photos, batch_size=4)
@@ -254,17 +256,18 @@ def test_fused_path_equals_eager_and_follows_the_weights(
     ident.eval()
     with torch.no_grad():
         ident.neck[0].weight.mul_(-1.0)  # new weights: the fused path must see them
-    after = ident.embed(photos[:2])
+    after = ident.embed(photos, batch_size=2)
+    assert ident.fused._graphs
     ident.fused.enabled = False
-    assert np.allclose(after, ident.embed(photos[:2]), atol=1e-4)
+    assert np.allclose(after, ident.embed(photos, batch_size=2), atol=1e-4)
     # Switched off by the environment, or refused when it disagrees: eager, same answers.
     ident.fused.enabled = True
     ident.fused.clear()
     monkeypatch.setenv("ECOMARINE_FUSE", "0")
-    ident.embed(photos[:2])
+    ident.embed(photos, batch_size=2)
     assert not ident.fused._graphs
     monkeypatch.delenv("ECOMARINE_FUSE")
     monkeypatch.setattr(fuse, "MIN_COSINE", 1.1)  # nothing can agree this well
-    refused = ident.embed(photos[:2])
+    refused = ident.embed(photos, batch_size=2)
     assert list(ident.fused._graphs.values()) == [False]
     assert np.allclose(refused, after, atol=1e-4)

@@ -8,6 +8,10 @@ on that very batch (cosine >= :data:`MIN_COSINE` for every output), and cached; 
 disagreement, or any failure to trace, leaves that shape on the eager path (logged).
 ``ECOMARINE_FUSE=0`` switches the fused path off everywhere.
 
+A graph is built only once a shape has come back :data:`BUILD_AFTER` times: tracing costs
+a second or two, which a single prediction in a fresh process should not pay, while a
+long run pays it once.
+
 The cache must be cleared whenever the weights may change: :class:`FusedCache` owners do
 it in ``train()`` (which ``eval()`` calls too) and ``load_state_dict()``.
 """
@@ -24,12 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MIN_COSINE", "FusedCache", "Traced", "fusion_enabled"]
+__all__ = ["BUILD_AFTER", "MIN_COSINE", "FusedCache", "Traced", "fusion_enabled"]
 
 logger = logging.getLogger(__name__)
 
 #: The fused outputs must agree with the eager ones at least this well, row by row.
 MIN_COSINE = 0.9999
+#: Eager calls of one shape before its graph is built.
+BUILD_AFTER = 2
 
 
 def fusion_enabled() -> bool:
@@ -78,12 +84,14 @@ class FusedCache:
     def __init__(self) -> None:
         self.enabled = True
         self._graphs: dict[tuple[Any, ...], Any] = {}
+        self._seen: dict[tuple[Any, ...], int] = {}
         self._lock = threading.RLock()
 
     def clear(self) -> None:
         """Forget every graph (the weights may have changed)."""
         with self._lock:
             self._graphs.clear()
+            self._seen.clear()
 
     def run(
         self, name: str, factory: Callable[[], nn.Module], x: Tensor
@@ -102,6 +110,10 @@ class FusedCache:
         with self._lock:
             graph = self._graphs.get(key)
             if graph is None:
+                seen = self._seen.get(key, 0)
+                if seen < BUILD_AFTER:
+                    self._seen[key] = seen + 1
+                    return None
                 graph = self._build(factory(), x, key)
                 self._graphs[key] = graph
         if graph is False:

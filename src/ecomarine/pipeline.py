@@ -440,16 +440,7 @@ class Pipeline(PretrainedMixin):
                 extra: dict[str, Any] = {}
                 matches = ans.candidates
                 if calib is not None:
-                    prob = dict(zip(calib.candidate_ids, calib.probabilities, strict=True))
-                    matches = tuple(
-                        dataclasses.replace(m, probability=prob.get(m.individual_id))
-                        for m in matches
-                    )
-                    extra = {
-                        "p_known": calib.p_known,
-                        "candidate_set": calib.candidate_set,
-                        "alpha": calib.alpha,
-                    }
+                    matches, extra = _with_probabilities(matches, calib)
                 answers[i] = SightingPrediction(
                     sighting_id=ids[i],
                     individual_id=ans.individual_id,
@@ -694,16 +685,7 @@ class Pipeline(PretrainedMixin):
                     is_new = not sure
                     individual_id = named[0] if sure else None
                 if calib is not None:
-                    prob = dict(zip(calib.candidate_ids, calib.probabilities, strict=True))
-                    matches = tuple(
-                        dataclasses.replace(m, probability=prob.get(m.individual_id))
-                        for m in matches
-                    )
-                    extra = {
-                        "p_known": calib.p_known,
-                        "candidate_set": calib.candidate_set,
-                        "alpha": calib.alpha,
-                    }
+                    matches, extra = _with_probabilities(matches, calib)
                 out.append(
                     self._prediction(
                         it,
@@ -740,6 +722,19 @@ class Pipeline(PretrainedMixin):
                 )
             )
         return out
+
+
+def _with_probabilities(
+    matches: tuple[Match, ...], calib: Assessment
+) -> tuple[tuple[Match, ...], dict[str, Any]]:
+    """Candidates with their probabilities, and the calibrated fields of a prediction."""
+    prob = dict(zip(calib.candidate_ids, calib.probabilities, strict=True))
+    with_p = tuple(dataclasses.replace(m, probability=prob.get(m.individual_id)) for m in matches)
+    return with_p, {
+        "p_known": calib.p_known,
+        "candidate_set": calib.candidate_set,
+        "alpha": calib.alpha,
+    }
 
 
 def _stack(
