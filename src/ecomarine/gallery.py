@@ -74,6 +74,8 @@ class Identification:
         threshold: The open-set threshold applied (``None``: never new).
         evidence: For a sighting (:meth:`Gallery.identify_sightings`), per candidate id,
             which gallery image matched each query photo; empty for a single photo.
+        ranked: The longer ranking asked for with ``list_size`` (best first; the first
+            ``top_k`` are :attr:`candidates`), from the same search; empty otherwise.
     """
 
     individual_id: str | None
@@ -83,6 +85,7 @@ class Identification:
     species_score: float | None
     threshold: float | None
     evidence: Mapping[str, tuple[PhotoEvidence, ...]] = field(default_factory=dict)
+    ranked: tuple[Match, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -596,6 +599,7 @@ class Gallery:
         top_k: int = 5,
         *,
         threshold: float | None = None,
+        list_size: int | None = None,
     ) -> list[Identification]:
         """Search, then decide known vs new individual and vote on species.
 
@@ -606,29 +610,45 @@ class Gallery:
                 override (:attr:`new_individual_threshold`), else none (never new). A
                 :class:`~ecomarine.pipeline.Pipeline` passes its model's threshold when the
                 gallery has no override.
+            list_size: Also return, in :attr:`Identification.ranked`, this many ranked
+                individuals from the same search (for calibrated probabilities).
         """
         thr = self.new_individual_threshold if threshold is None else threshold
-        out: list[Identification] = []
         n_species = self.species_count()
-        for cands in self.search(query_embeddings, top_k):
-            best = cands[0] if cands else None
-            is_new = best is None or (thr is not None and best.score < thr)
-            species, share = vote_species(
-                cands,
-                matched=None if is_new or best is None else best.individual_id,
-                catalogue_species=n_species,
-            )
-            out.append(
-                Identification(
-                    individual_id=None if is_new or best is None else best.individual_id,
-                    is_new_individual=is_new,
-                    candidates=tuple(cands),
-                    species=species,
-                    species_score=share,
-                    threshold=thr,
-                )
-            )
-        return out
+        depth = max(top_k, list_size or 0)
+        return [
+            self._decide(ranked, top_k, thr, n_species, keep_ranked=list_size is not None)
+            for ranked in self.search(query_embeddings, depth)
+        ]
+
+    def _decide(
+        self,
+        ranked: Sequence[Match],
+        top_k: int,
+        threshold: float | None,
+        n_species: int,
+        *,
+        evidence: Mapping[str, tuple[PhotoEvidence, ...]] | None = None,
+        keep_ranked: bool = False,
+    ) -> Identification:
+        """The open-set decision and species vote over the first ``top_k`` of a ranking."""
+        cands = tuple(ranked[:top_k])
+        best = cands[0] if cands else None
+        is_new = best is None or (threshold is not None and best.score < threshold)
+        matched = None if is_new or best is None else best.individual_id
+        species, share = vote_species(cands, matched=matched, catalogue_species=n_species)
+        return Identification(
+            individual_id=matched,
+            is_new_individual=is_new,
+            candidates=cands,
+            species=species,
+            species_score=share,
+            threshold=threshold,
+            evidence={
+                k: v for k, v in (evidence or {}).items() if k in {m.individual_id for m in cands}
+            },
+            ranked=tuple(ranked) if keep_ranked else (),
+        )
 
     def identify_sightings(
         self,
@@ -637,6 +657,7 @@ class Gallery:
         *,
         threshold: float | None = None,
         aggregation: str = "top3",
+        list_size: int | None = None,
     ) -> list[Identification]:
         """Identify sightings: each a set of query vectors (photos) of one animal.
 
@@ -651,21 +672,23 @@ class Gallery:
             top_k: Candidates per sighting.
             threshold: Sighting threshold; ``None``: never new.
             aggregation: How photos combine.
+            list_size: As in :meth:`identify`.
 
         Raises:
             GalleryError: For an empty sighting, bad vectors or an unknown aggregation.
         """
         names, rows = self._labels()
         n_species = self.species_count()
+        depth = max(top_k, list_size or 0)
         out: list[Identification] = []
         for vectors in sightings:
             q = self._check_queries(vectors)
             hits = (
-                rank_individuals_for_set(self._emb, rows, q, top_k, aggregation=aggregation)
+                rank_individuals_for_set(self._emb, rows, q, depth, aggregation=aggregation)
                 if len(self)
                 else []
             )
-            cands = [
+            ranked = [
                 Match(
                     names[h.individual],
                     h.score,
@@ -674,25 +697,21 @@ class Gallery:
                 )
                 for h in hits
             ]
-            best = cands[0] if cands else None
-            is_new = best is None or (threshold is not None and best.score < threshold)
-            matched = None if is_new or best is None else best.individual_id
-            species, share = vote_species(cands, matched=matched, catalogue_species=n_species)
+            evidence = {
+                names[h.individual]: tuple(
+                    PhotoEvidence(p, self._rec.image_ids[img], score)
+                    for p, img, score in h.evidence
+                )
+                for h in hits[:top_k]
+            }
             out.append(
-                Identification(
-                    individual_id=matched,
-                    is_new_individual=is_new,
-                    candidates=tuple(cands),
-                    species=species,
-                    species_score=share,
-                    threshold=threshold,
-                    evidence={
-                        names[h.individual]: tuple(
-                            PhotoEvidence(p, self._rec.image_ids[img], score)
-                            for p, img, score in h.evidence
-                        )
-                        for h in hits
-                    },
+                self._decide(
+                    ranked,
+                    top_k,
+                    threshold,
+                    n_species,
+                    evidence=evidence,
+                    keep_ranked=list_size is not None,
                 )
             )
         return out

@@ -432,11 +432,26 @@ class Pipeline(PretrainedMixin):
                     "declared new (pass threshold=, or recalibrate the model)",
                     self.identifier.config.name,
                 )
-            found = self.gallery.identify_sightings(
-                [np.stack(vectors[i]) for i in voting], self.top_k, threshold=thr, aggregation=agg
+            cfg = self.identifier.config
+            # Calibrated for the model's own aggregation only.
+            uncertainty = (
+                cfg.sighting_uncertainty
+                if self.embedding_kind == "embedding" and agg == cfg.sighting_aggregation
+                else None
             )
-            assessed = self._assess_sightings([np.stack(vectors[i]) for i in voting], agg)
-            for i, ans, calib in zip(voting, found, assessed, strict=True):
+            found = self.gallery.identify_sightings(
+                [np.stack(vectors[i]) for i in voting],
+                self.top_k,
+                threshold=thr,
+                aggregation=agg,
+                list_size=None if uncertainty is None else LIST_SIZE,
+            )
+            for i, ans in zip(voting, found, strict=True):
+                calib = None
+                if uncertainty is not None:
+                    calib = uncertainty.assess(
+                        ans.ranked, alpha=self.alpha, new_share=self.new_share
+                    )
                 extra: dict[str, Any] = {}
                 matches = ans.candidates
                 if calib is not None:
@@ -471,21 +486,6 @@ class Pipeline(PretrainedMixin):
                 model_id=self.identifier.config.name,
             )
             for i in range(len(ids))
-        ]
-
-    def _assess_sightings(
-        self, sightings: list[np.ndarray[Any, Any]], aggregation: str
-    ) -> list[Assessment | None]:
-        """Probabilities and sets for sightings, when calibrated for this aggregation."""
-        cfg = self.identifier.config
-        calib = cfg.sighting_uncertainty if self.embedding_kind == "embedding" else None
-        if calib is None or self.gallery is None or aggregation != cfg.sighting_aggregation:
-            return [None] * len(sightings)
-        long = self.gallery.identify_sightings(
-            sightings, max(self.top_k, LIST_SIZE), aggregation=aggregation
-        )
-        return [
-            calib.assess(a.candidates, alpha=self.alpha, new_share=self.new_share) for a in long
         ]
 
     def _head_sighting(
@@ -610,7 +610,7 @@ class Pipeline(PretrainedMixin):
             batch = _stack([it.ident_input for it in accepted], pp, device)
             emb = self.identifier.embed_tensor(batch, self.embedding_kind)
             vectors = emb.float().cpu().numpy()
-            preds = self._identify(emb, accepted, gate_scores)
+            preds = self._identify(emb, vectors, accepted, gate_scores)
             for row, (it, pred) in enumerate(zip(accepted, preds, strict=True)):
                 answers[it.index] = (pred, vectors[row])
         for it in items:
@@ -648,32 +648,40 @@ class Pipeline(PretrainedMixin):
             return None
         return self.identifier.config.uncertainty
 
-    def _assess(self, vectors: np.ndarray[Any, Any]) -> list[Assessment | None]:
-        """Calibrated probabilities and conformal sets for gallery queries (or ``None``s)."""
+    def _calibration_or_say_why(self) -> UncertaintyCalibration | None:
+        """:attr:`uncertainty`, logging once when there is none."""
         calib = self.uncertainty
-        if calib is None or self.gallery is None:
-            if not self._warned_uncalibrated:
-                logger.info(
-                    "the model %r has no calibration data for probabilities: predictions "
-                    "carry no p_known or candidate set; the open-set threshold alone decides",
-                    self.identifier.config.name,
-                )
-                self._warned_uncalibrated = True
-            return [None] * len(vectors)
-        ranked = self.gallery.search(vectors, max(self.top_k, LIST_SIZE))
-        return [calib.assess(row, alpha=self.alpha, new_share=self.new_share) for row in ranked]
+        if calib is None and not self._warned_uncalibrated:
+            logger.info(
+                "the model %r has no calibration data for probabilities: predictions "
+                "carry no p_known or candidate set; the open-set threshold alone decides",
+                self.identifier.config.name,
+            )
+            self._warned_uncalibrated = True
+        return calib
 
     def _identify(
-        self, emb: torch.Tensor, items: list[_Item], gate_scores: dict[int, float]
+        self,
+        emb: torch.Tensor,
+        vectors: np.ndarray[Any, Any],
+        items: list[_Item],
+        gate_scores: dict[int, float],
     ) -> list[Prediction]:
         out: list[Prediction] = []
         if self.gallery is not None and len(self.gallery):
-            vectors = emb.float().cpu().numpy()
+            uncertainty = self._calibration_or_say_why()
             answers = self.gallery.identify(
-                vectors, self.top_k, threshold=self.new_individual_threshold
+                vectors,
+                self.top_k,
+                threshold=self.new_individual_threshold,
+                list_size=None if uncertainty is None else LIST_SIZE,
             )
-            assessed = self._assess(vectors)
-            for it, ans, calib in zip(items, answers, assessed, strict=True):
+            for it, ans in zip(items, answers, strict=True):
+                calib = None
+                if uncertainty is not None:
+                    calib = uncertainty.assess(
+                        ans.ranked, alpha=self.alpha, new_share=self.new_share
+                    )
                 matches = ans.candidates
                 extra: dict[str, Any] = {}
                 individual_id, is_new = ans.individual_id, ans.is_new_individual
