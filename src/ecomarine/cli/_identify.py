@@ -127,7 +127,7 @@ def identify(
     overwrite: bool,
 ) -> None:
     """Identify the animals in PATHS (files, folders searched recursively, or globs)."""
-    from ..results import ResultsWriter, completed_sources, read_results  # noqa: PLC0415
+    from ..results import ResultsWriter, completed_sources  # noqa: PLC0415
     from ..sightings import VIDEO_SUFFIXES  # noqa: PLC0415
 
     # Every argument is checked before a model loads or a photo is read.
@@ -180,12 +180,7 @@ def identify(
             batch_size=batch_size,
             workers=workers,
         )
-        if output is not None:
-            click.echo(f"wrote {output}")
-        if dwca is not None:
-            records: Sequence[Record] = read_results(output) if output is not None else found
-            n = dwc.write(dwca, records, media_root=_common_root(inputs))
-            click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
+        _finish(output, dwca, dwc, found, inputs)
         return
     todo = inputs
     if resume and output is not None and output.exists():
@@ -237,11 +232,27 @@ def identify(
         )
     )
     click.echo("\n" + _summary(preds, pipe, threshold_given=threshold is not None))
+    _finish(output, dwca, dwc, preds, inputs)
+
+
+def _finish(
+    output: Path | None,
+    dwca: Path | None,
+    dwc: DwcSettings,
+    made: Sequence[Record],
+    inputs: list[InputFile],
+) -> None:
+    """Say where the results went; write the archive from every record of the output.
+
+    A resumed run's output also holds earlier records, so the archive reads them back.
+    """
+    from ..results import read_results  # noqa: PLC0415
+
     if output is not None:
         click.echo(f"wrote {output}")
     if dwca is not None:
-        everything = read_results(output) if output is not None else preds
-        n = dwc.write(dwca, everything, media_root=_common_root(inputs))
+        records = read_results(output) if output is not None else made
+        n = dwc.write(dwca, records, media_root=_common_root(inputs))
         click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
 
 
@@ -273,9 +284,9 @@ def _set_text(labels: tuple[str, ...] | None, shown: int = 3) -> str:
     """A candidate set in a table cell: its size and first labels."""
     if labels is None:
         return ""
-    short = [
-        "new" if x == "new_individual" else "other" if x == "other_known" else x for x in labels
-    ]
+    from ..uncertainty import NEW_INDIVIDUAL, OTHER_KNOWN  # noqa: PLC0415
+
+    short = [{NEW_INDIVIDUAL: "new", OTHER_KNOWN: "other"}.get(x, x) for x in labels]
     more = f" +{len(short) - shown}" if len(short) > shown else ""
     return f"{len(short)}: {' '.join(short[:shown])}{more}"
 
@@ -291,20 +302,16 @@ def _summary(preds: list[Prediction], pipe: Pipeline, *, threshold_given: bool) 
     if pipe.gallery is not None:
         thr = pipe.new_individual_threshold
         source = "--threshold" if threshold_given else pipe.threshold_source
-        lines.append(
-            "open-set policy: "
-            + (
+        if pipe.decision == "probability":
+            policy = (
                 f"known when p_known >= {pipe.known_level:.2f} and the candidate set names one "
                 "individual (--decision probability); else new"
             )
-            if pipe.decision == "probability"
-            else "open-set policy: "
-            + (
-                f"new individual when the best match scores under {thr:.3f} (from {source})"
-                if thr is not None
-                else "no threshold (never new): the model has no calibrated one; pass --threshold"
-            )
-        )
+        elif thr is not None:
+            policy = f"new individual when the best match scores under {thr:.3f} (from {source})"
+        else:
+            policy = "no threshold (never new): the model has no calibrated one; pass --threshold"
+        lines.append(f"open-set policy: {policy}")
         calib = pipe.uncertainty
         lines.append(
             f"p_known assumes {pipe.new_share if pipe.new_share is not None else calib.new_share:.2f} "
@@ -395,7 +402,15 @@ def demo() -> None:
     click.echo(
         table(
             rows,
-            ["photo", "truth", "best match", "score", "p_known", "90% candidate set", "correct"],
+            [
+                "photo",
+                "truth",
+                "best match",
+                "score",
+                "p_known",
+                f"{1 - pipe.alpha:.0%} candidate set",
+                "correct",
+            ],
         )
     )
     threshold = pipe.new_individual_threshold
@@ -405,7 +420,7 @@ def demo() -> None:
     calib = pipe.uncertainty
     if calib is not None:
         click.echo(
-            f"The true whale is in the 90% candidate set for {in_set} of {len(truth)}. p_known is the "
+            f"The true whale is in the {1 - pipe.alpha:.0%} candidate set for {in_set} of {len(truth)}. p_known is the "
             f"probability that a photo's whale is in the catalogue, calibrated for a season in which "
             f"{calib.new_share:.0%} of the whales are new (a set may also hold 'new' and 'other': "
             "someone in the catalogue who is not listed)."
