@@ -14,6 +14,7 @@ from ._app import cli
 from ._common import overwrite_option, parse_assignments, refuse_existing
 
 if TYPE_CHECKING:
+    from ..darwin_core import DatasetMetadata
     from ..results import Record
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -42,17 +43,14 @@ class DwcSettings:
         from ..darwin_core import to_occurrences  # noqa: PLC0415
         from ..errors import DataError  # noqa: PLC0415
 
-        if self.license is None:
-            raise click.BadParameter(
-                "choose the records' licence (CC0-1.0, CC-BY-4.0 or CC-BY-NC-4.0); "
-                "there is no default",
-                param_hint="--license",
-            )
         try:
-            self.metadata().license_uri()
+            self.metadata().license_uri()  # None or a licence GBIF does not take
+        except DataError as exc:
+            raise click.BadParameter(str(exc), param_hint="--license") from exc
+        try:
             to_occurrences([], dataset=self.metadata(), defaults=self.defaults)
         except DataError as exc:
-            raise click.BadParameter(str(exc)) from exc
+            raise click.BadParameter(str(exc), param_hint="--dwc-default") from exc
         if self.media_base_url is not None and not self.media_base_url.startswith(
             ("https://", "http://")
         ):
@@ -60,7 +58,7 @@ class DwcSettings:
                 f"{self.media_base_url!r}: must start with https://", param_hint="--media-base-url"
             )
 
-    def metadata(self) -> Any:
+    def metadata(self) -> DatasetMetadata:
         """The :class:`~ecomarine.darwin_core.DatasetMetadata` these options describe."""
         from ..darwin_core import DatasetMetadata  # noqa: PLC0415
 
