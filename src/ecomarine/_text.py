@@ -12,7 +12,14 @@ from typing import Any
 from ._files import MiB, read_regular
 from .errors import DataError
 
-__all__ = ["MAX_TEXT_BYTES", "parse_json", "read_csv", "read_utf8", "spreadsheet_safe"]
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "parse_json",
+    "read_csv",
+    "read_utf8",
+    "spreadsheet_safe",
+    "spreadsheet_unsafe",
+]
 
 # Characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -84,3 +91,10 @@ def spreadsheet_safe(value: object) -> object:
     except ValueError:
         return "'" + value
     return value
+
+
+def spreadsheet_unsafe(cell: str) -> str:
+    """Undo :func:`spreadsheet_safe` on a cell read back from a file ecomarine wrote."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell

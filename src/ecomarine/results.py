@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
-from ._text import parse_json, read_utf8, spreadsheet_safe
+from ._text import parse_json, read_utf8, spreadsheet_safe, spreadsheet_unsafe
 from .errors import DataError
 from .types import Prediction, SightingPrediction
 
@@ -131,13 +131,6 @@ def _csv_row(record: Record) -> list[object]:
     ]
 
 
-def _unsafe(cell: str) -> str:
-    """Undo :func:`spreadsheet_safe`'s leading quote."""
-    if cell.startswith("'") and cell[1:2] in ("=", "+", "-", "@", "\t", "\r"):
-        return cell[1:]
-    return cell
-
-
 def _json_fail(where: str, key: str) -> Callable[[str], DataError]:
     def fail(why: str) -> DataError:
         return DataError(
@@ -150,7 +143,9 @@ def _json_fail(where: str, key: str) -> Callable[[str], DataError]:
 
 def _from_csv_row(row: dict[str, str], where: str, sighting: bool) -> Record:
     """A CSV row as the dict ``to_dict`` makes, then the record."""
-    data: dict[str, Any] = {k: _unsafe(v) or None for k, v in row.items() if k not in _DERIVED}
+    data: dict[str, Any] = {
+        k: spreadsheet_unsafe(v) or None for k, v in row.items() if k not in _DERIVED
+    }
     for key in _BOOLS:
         if key not in data:
             continue
