@@ -261,28 +261,37 @@ def occurrence_id(pred: Prediction, dataset_id: str) -> str:
     return f"urn:ecomarine:{dataset_id}:{content[:32]}"
 
 
-def _remarks(pred: Prediction) -> str:
-    parts = [f"model {pred.model_id or 'unknown'}"]
-    if pred.gate_score is not None:
-        parts.append(f"gate score {pred.gate_score:.3f}")
-    if pred.candidates:
-        best = pred.candidates[0]
-        if pred.candidate_source == "head":
-            parts.append("candidates from the model's own training individuals, not a catalogue")
-        parts.append(f"best match {best.individual_id} ({best.score:.3f})")
+def _remarks(what: Prediction | SightingPrediction) -> str:
+    """``identificationRemarks`` of a photo or a sighting: model, scores, candidates, sets."""
+    parts = [f"model {what.model_id or 'unknown'}"]
+    sighting = isinstance(what, SightingPrediction)
+    if isinstance(what, SightingPrediction):
         parts.append(
-            "candidates: " + ", ".join(f"{m.individual_id} {m.score:.3f}" for m in pred.candidates)
+            f"sighting {what.sighting_id}: {len(what.accepted_photos)} of {len(what.photos)} "
+            f"photos identified together ({what.aggregation or 'n/a'} aggregation)"
         )
-    if pred.new_individual_threshold is not None:
-        parts.append(f"new-individual threshold {pred.new_individual_threshold:.3f}")
-    if pred.p_known is not None:
-        parts.append(f"p_known {pred.p_known:.3f}")
-    if pred.candidate_set is not None and pred.alpha is not None:
-        parts.append(f"{1 - pred.alpha:.0%} candidate set: {', '.join(pred.candidate_set)}")
-    if pred.species is None and pred.accepted:
+    elif what.gate_score is not None:
+        parts.append(f"gate score {what.gate_score:.3f}")
+    if what.candidates:
+        best = what.candidates[0]
+        if what.candidate_source == "head":
+            parts.append("candidates from the model's own training individuals, not a catalogue")
+        if not sighting:
+            parts.append(f"best match {best.individual_id} ({best.score:.3f})")
+        parts.append(
+            "candidates: " + ", ".join(f"{m.individual_id} {m.score:.3f}" for m in what.candidates)
+        )
+    if what.new_individual_threshold is not None:
+        kind = "sighting" if sighting else "new-individual"
+        parts.append(f"{kind} threshold {what.new_individual_threshold:.3f}")
+    if what.p_known is not None:
+        parts.append(f"p_known {what.p_known:.3f}")
+    if what.candidate_set is not None and what.alpha is not None:
+        parts.append(f"{1 - what.alpha:.0%} candidate set: {', '.join(what.candidate_set)}")
+    if what.species is None and what.accepted:
         parts.append("species not determined (no evidence beyond Cetacea)")
-    if pred.rejection_reason:
-        parts.append(f"rejected: {pred.rejection_reason}")
+    if what.rejection_reason:
+        parts.append(f"rejected: {what.rejection_reason}")
     return "; ".join(parts)
 
 
@@ -503,13 +512,11 @@ class _Builder:
     ) -> list[_Occurrence]:
         out = []
         for item in records:
+            if item.rejection_reason and not include_rejected:
+                continue
             if isinstance(item, SightingPrediction):
-                if item.rejection_reason and not include_rejected:
-                    continue
                 out.append(self.sighting(item))
             else:
-                if item.rejection_reason and not include_rejected:
-                    continue
                 rec = self.photo_values(item)
                 self.identification(rec, item, occurrence_id(item, self.dataset_id))
                 rec["identificationRemarks"] = _remarks(item)
@@ -566,7 +573,7 @@ class _Builder:
         rec["individualCount"] = "1"
         rec["associatedMedia"] = " | ".join(v["associatedMedia"] for _, v in photos)
         self.identification(rec, sighting, sighting_occurrence_id(sighting, self.dataset_id))
-        rec["identificationRemarks"] = _sighting_remarks(sighting)
+        rec["identificationRemarks"] = _remarks(sighting)
         return _Occurrence(rec, tuple(photos))
 
 
@@ -580,28 +587,6 @@ def sighting_occurrence_id(sighting: SightingPrediction, dataset_id: str) -> str
     )
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     return f"urn:ecomarine:{dataset_id}:sighting:{digest[:32]}"
-
-
-def _sighting_remarks(s: SightingPrediction) -> str:
-    voters = len(s.accepted_photos)
-    parts = [
-        f"model {s.model_id or 'unknown'}",
-        f"sighting {s.sighting_id}: {voters} of {len(s.photos)} photos identified together "
-        f"({s.aggregation or 'n/a'} aggregation)",
-    ]
-    if s.candidates:
-        if s.candidate_source == "head":
-            parts.append("candidates from the model's own training individuals, not a catalogue")
-        parts.append(
-            "candidates: " + ", ".join(f"{m.individual_id} {m.score:.3f}" for m in s.candidates)
-        )
-    if s.new_individual_threshold is not None:
-        parts.append(f"sighting threshold {s.new_individual_threshold:.3f}")
-    if s.species is None and s.accepted:
-        parts.append("species not determined (no evidence beyond Cetacea)")
-    if s.rejection_reason:
-        parts.append(f"rejected: {s.rejection_reason}")
-    return "; ".join(parts)
 
 
 def _media_path(source: str) -> str:
