@@ -67,6 +67,20 @@ def embed_all(ident: Identifier, samples: Sequence[Sample], cache: Path) -> dict
     return {s.image: v for s, v in zip(images, vectors, strict=True)}
 
 
+def load_protocol(
+    data: Path, splits: Path, model: str
+) -> tuple[dict[str, list[Sample]], Identifier, dict[str, np.ndarray]]:
+    """The protocol's splits, the model, and every photo's vector (cached on disk)."""
+    prepare(data, splits)
+    split = {
+        name: read_catalog_csv(splits / f"{name}.csv", data)
+        for name in ("train", "calibration", "gallery", "queries")
+    }
+    ident = Identifier.from_pretrained(model)
+    cache = splits / f"vectors-{ident.fingerprint('embedding')}.npz"
+    return split, ident, embed_all(ident, split["gallery"] + split["queries"], cache)
+
+
 def group(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
     out: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
@@ -140,14 +154,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    prepare(args.data, args.splits)
-    split = {
-        name: read_catalog_csv(args.splits / f"{name}.csv", args.data)
-        for name in ("train", "calibration", "gallery", "queries")
-    }
-    ident = Identifier.from_pretrained(args.model)
-    cache = args.splits / f"vectors-{ident.fingerprint('embedding')}.npz"
-    vec = embed_all(ident, split["gallery"] + split["queries"], cache)
+    split, ident, vec = load_protocol(args.data, args.splits, args.model)
 
     # 1. The policy, without 2019: the aggregation on the mimic (or the calibration split),
     #    the threshold on the calibration split (held-out 2018 encounters).

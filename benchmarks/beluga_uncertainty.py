@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from beluga_data import prepare, season_turnover
-from beluga_sightings import embed_all, group, rank_sightings
+from beluga_data import season_turnover
+from beluga_sightings import group, load_protocol, rank_sightings
 
-from ecomarine import Identifier
-from ecomarine.catalog import Sample, read_catalog_csv
+from ecomarine.catalog import Sample
 from ecomarine.metrics import NEW_INDIVIDUAL
 from ecomarine.search import rank_labelled
 from ecomarine.types import Match
@@ -179,17 +178,7 @@ def main() -> None:
     parser.add_argument("--write-config", type=Path, default=None)
     args = parser.parse_args()
     started = time.perf_counter()
-    prepare(args.data, args.splits)
-    split = {
-        n: read_catalog_csv(args.splits / f"{n}.csv", args.data)
-        for n in ("train", "calibration", "gallery", "queries")
-    }
-    ident = Identifier.from_pretrained(args.model)
-    vec = embed_all(
-        ident,
-        split["gallery"] + split["queries"],
-        args.splits / f"vectors-{ident.fingerprint('embedding')}.npz",
-    )
+    split, ident, vec = load_protocol(args.data, args.splits, args.model)
     turnover = season_turnover(args.splits / "gallery.csv")
     cal_cands, cal_truths = ranked(vec, split["train"], split["calibration"])
     cal = fit_uncertainty(cal_cands, cal_truths, new_share=round(turnover, 4))
