@@ -147,11 +147,7 @@ class UncertaintyCalibration:
 
     def identity(self, scores: Sequence[float]) -> tuple[np.ndarray[Any, Any], float]:
         """Given known: per listed candidate its probability, and ``P(other)``."""
-        z = np.asarray([*(s / self.temperature for s in scores), self.other_logit], np.float64)
-        z -= z.max()
-        e = np.exp(z)
-        e /= e.sum()
-        return e[:-1], float(e[-1])
+        return _identity(scores, self.temperature, self.other_logit)
 
     def quantile(self, alpha: float, new_share: float | None = None) -> float:
         """The conformal threshold on ``1 - P(true label)`` for miscoverage ``alpha``.
@@ -336,13 +332,12 @@ def fit_uncertainty(
                 best_fit = (nll, temperature, float(other))
     assert best_fit is not None
     _, temperature, other = best_fit
-    draft = _draft(slope, intercept, known.mean(), temperature, other)
     truth_p: list[float | None] = []
     for c, t in zip(candidates, truths, strict=True):
         if t == NEW_INDIVIDUAL:
             truth_p.append(None)
             continue
-        q, p_other = draft.identity([m.score for m in c])
+        q, p_other = _identity([m.score for m in c], temperature, other)
         ids = [m.individual_id for m in c]
         truth_p.append(float(q[ids.index(t)]) if t in ids else p_other)
     return UncertaintyCalibration(
@@ -357,12 +352,15 @@ def fit_uncertainty(
     )
 
 
-def _draft(
-    slope: float, intercept: float, known_share: float, temperature: float, other: float
-) -> UncertaintyCalibration:
-    return UncertaintyCalibration(
-        slope, intercept, float(known_share), temperature, other, 0.5, (0.0,), (None,)
-    )
+def _identity(
+    scores: Sequence[float], temperature: float, other_logit: float
+) -> tuple[np.ndarray[Any, Any], float]:
+    """Softmax over the listed candidates' scores and the "anyone else" logit."""
+    z = np.asarray([*(s / temperature for s in scores), other_logit], np.float64)
+    z -= z.max()
+    e = np.exp(z)
+    e /= e.sum()
+    return e[:-1], float(e[-1])
 
 
 def expected_calibration_error(
