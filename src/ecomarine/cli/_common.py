@@ -233,6 +233,14 @@ def parse_assignments(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def with_options(func: _F, options: Sequence[Callable[[Any], Any]]) -> _F:
+    """``func`` decorated by click ``options``, listed bottom-up (the last shows first)."""
+    decorated: Any = func
+    for option in options:
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
 def catalog_columns_option(func: _F) -> _F:
     """``--image-column``, ``--id-column`` and ``--column FIELD=COLUMN``, as ``columns``.
 
@@ -268,10 +276,7 @@ def catalog_columns_option(func: _F) -> _F:
         click.option("--id-column", help="Your CSV's column of individual ids."),
         click.option("--image-column", help="Your CSV's column of image paths."),
     ]
-    decorated: Any = wrapper
-    for option in options:
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    return with_options(wrapper, options)  # type: ignore[return-value]
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ._app import cli
-from ._common import overwrite_option, parse_assignments, refuse_existing
+from ._common import overwrite_option, parse_assignments, refuse_existing, with_options
 
 if TYPE_CHECKING:
     from ..darwin_core import DatasetMetadata
@@ -166,10 +166,7 @@ def dwc_options(func: _F) -> _F:
             "CC-BY-NC-4.0 (the three GBIF accepts).",
         ),
     ]
-    decorated: Any = wrapper
-    for option in options:
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    return with_options(wrapper, options)  # type: ignore[return-value]
 
 
 @cli.command("export-dwc")

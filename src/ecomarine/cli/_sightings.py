@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._common import UNMATCHED_NOTE, InputFile, best_guess, outcome, progress, table, verdict
+from ._common import (
+    UNMATCHED_NOTE,
+    InputFile,
+    best_guess,
+    outcome,
+    progress,
+    table,
+    verdict,
+    with_options,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -160,10 +169,7 @@ def sighting_options(func: Any) -> Any:
             "column, or one video each. One record per sighting.",
         ),
     ]
-    decorated = wrapper
-    for option in options:
-        decorated = option(decorated)
-    return decorated
+    return with_options(wrapper, options)
 
 
 def run_sightings(
