@@ -178,6 +178,22 @@ def test_gate_commands(tmp_path: Path, gate_dir: Path, capsys: pytest.CaptureFix
         assert key in data
     assert data["n_positive"] == 6
     assert data["n_negative"] == 6
+    # Per group: accuracy, and for each negative group its ROC-AUC against every cetacean,
+    # checked here against the naive pairwise definition on the gate's own scores.
+    from ecomarine import Gate
+
+    scores = [
+        r.score
+        for r in Gate.from_pretrained("embedded").score([gate_dir / r["relpath"] for r in picked])
+    ]
+    pos = [s for s, r in zip(scores, picked, strict=True) if r["label"] == "cetacean"]
+    for group in ("shark", "scene:sea"):
+        neg = [s for s, r in zip(scores, picked, strict=True) if r["group"] == group]
+        pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+        entry = data["per_group"][group]
+        assert entry["roc_auc_vs_cetaceans"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+        assert 0.0 <= entry["accuracy"] <= 1.0
+    assert "roc_auc_vs_cetaceans" not in data["per_group"]["dolphin"]
     code, out, err = run(
         ["gate", "calibrate", "--manifest", str(manifest), "--out", str(tmp_path / "gate")], capsys
     )

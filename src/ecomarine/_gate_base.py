@@ -28,6 +28,7 @@ __all__ = [
 GATE_FORMAT_VERSION = 1
 GATE_CONFIG = "gate.json"
 GATE_WEIGHTS = "gate.safetensors"
+_FEATURES = ("kinds_pooled", "log_probs")
 EMBEDDED_GATE_DIR = Path(__file__).resolve().parent / "weights" / "gate-embedded"
 
 DEFAULT_POSITIVE_PROMPTS = (
@@ -57,6 +58,23 @@ DEFAULT_NEGATIVE_PROMPTS = (
     "a photo of a boat on water",
     "a photo of a shark",
     "an abstract pattern",
+    # The marine look-alikes (issue: a gate that holds at sea).
+    "a photo of a seal",
+    "a photo of a sea lion",
+    "a photo of a sea otter",
+    "a photo of a walrus",
+    "a photo of seals on a beach",
+    "an aerial photo of empty sea",
+    "a photo of waves on the sea",
+    "a photo of the sea surface with no animals",
+    "a photo of rocks and kelp",
+    "a photo of a rocky shore",
+    "a photo of a boat seen from above",
+    "a photo of a ship at sea",
+    "a photo of a seabird",
+    "a photo of a diver underwater",
+    "a photo of fish on a coral reef",
+    "a photo of a manatee",
 )
 
 
@@ -73,6 +91,11 @@ class GateConfig:
         positive_prompts: Prompts describing cetacean photos (``clip`` only).
         negative_prompts: Prompts describing everything else (``clip`` only).
         calibration: The last calibration report, if any.
+        features: The embedded head's input: ``"kinds_pooled"`` (ImageNet kinds of photo
+            and pooled features; the shipped gate) or ``"log_probs"`` (the 1,000 class
+            log-probabilities; gates saved before it, which lack the key).
+        looks_like_kinds: Names of the embedded gate's looks-like head rows (what a
+            rejected photo is said to look like); empty without such a head.
     """
 
     backend: str = "embedded"
@@ -83,12 +106,16 @@ class GateConfig:
     positive_prompts: tuple[str, ...] = DEFAULT_POSITIVE_PROMPTS
     negative_prompts: tuple[str, ...] = DEFAULT_NEGATIVE_PROMPTS
     calibration: dict[str, Any] | None = None
+    features: str = "log_probs"
+    looks_like_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in ("embedded", "clip"):
             raise ConfigError(f"gate backend must be 'embedded' or 'clip', got {self.backend!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"gate threshold must be in [0, 1], got {self.threshold}")
+        if self.features not in _FEATURES:
+            raise ConfigError(f"gate features must be one of {_FEATURES}, got {self.features!r}")
         if self.backend == "clip" and (not self.positive_prompts or not self.negative_prompts):
             raise ConfigError("the CLIP gate needs positive and negative prompts")
 
@@ -98,6 +125,7 @@ class GateConfig:
         data["preprocess"] = self.preprocess.to_dict()
         data["positive_prompts"] = list(self.positive_prompts)
         data["negative_prompts"] = list(self.negative_prompts)
+        data["looks_like_kinds"] = list(self.looks_like_kinds)
         return {"format_version": GATE_FORMAT_VERSION, **data}
 
     @classmethod
@@ -112,7 +140,7 @@ class GateConfig:
         try:
             if "preprocess" in body:
                 body["preprocess"] = PreprocessConfig.from_dict(body["preprocess"])
-            for key in ("positive_prompts", "negative_prompts"):
+            for key in ("positive_prompts", "negative_prompts", "looks_like_kinds"):
                 if key in body:
                     body[key] = tuple(str(p) for p in body[key])
             if "threshold" in body:

@@ -88,13 +88,25 @@ class ClipBackend(nn.Module):
         self.save_visual = False
         self.n_positive = n_positive
         self.logit_scale = float(logit_scale)
+        #: The negative prompts' texts, for :meth:`scores_and_looks_like` (set by the builders).
+        self.negative_prompts: tuple[str, ...] = ()
         self.eval()
+
+    def _probs(self, batch: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(self.visual(batch.to(self.text_features.device)).float(), dim=1)
+        return torch.softmax(self.logit_scale * feats @ self.text_features.T, dim=1)
 
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B,)`` positive-prompt probability mass."""
-        feats = F.normalize(self.visual(batch.to(self.text_features.device)).float(), dim=1)
-        probs = torch.softmax(self.logit_scale * feats @ self.text_features.T, dim=1)
-        return probs[:, : self.n_positive].sum(dim=1)
+        return self._probs(batch)[:, : self.n_positive].sum(dim=1)
+
+    def scores_and_looks_like(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """Scores and the best-matching negative prompt of each photo (e.g. "a photo of a seal")."""
+        probs = self._probs(batch)
+        best = probs[:, self.n_positive :].argmax(dim=1).tolist()
+        names = self.negative_prompts
+        kinds = [names[i] if i < len(names) else f"negative prompt {i}" for i in best]
+        return probs[:, : self.n_positive].sum(dim=1), kinds
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Prompt embeddings and scale, plus the image tower when it is not a published one."""
@@ -125,6 +137,7 @@ class ClipBackend(nn.Module):
             text = model.encode_text(tokenizer(list(positive) + list(negative)))
         backend = cls(model, text.clone(), len(positive), float(model.logit_scale.detach().exp()))
         backend.save_visual = pretrained is None  # random/custom towers must travel with it
+        backend.negative_prompts = tuple(negative)
         return backend, _preprocess_of(model)
 
     @classmethod
@@ -159,6 +172,7 @@ class ClipBackend(nn.Module):
             float(tensors["logit_scale"].item()),
         )
         backend.save_visual = bool(visual)
+        backend.negative_prompts = config.negative_prompts
         return backend
 
 

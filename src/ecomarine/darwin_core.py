@@ -291,7 +291,10 @@ def _remarks(what: Prediction | SightingPrediction) -> str:
     if what.species is None and what.accepted:
         parts.append("species not determined (no evidence beyond Cetacea)")
     if what.rejection_reason:
-        parts.append(f"rejected: {what.rejection_reason}")
+        looks = getattr(what, "looks_like", None)
+        parts.append(
+            f"rejected: {what.rejection_reason}" + (f" (looks like {looks})" if looks else "")
+        )
     return "; ".join(parts)
 
 

@@ -4,9 +4,11 @@ Two backends share one interface (a batch of preprocessed images in, scores in [
 out):
 
 * ``embedded`` (offline, bundled): the ImageNet EfficientNet-Lite0 of the embedded
-  identifier with a small logistic head over its 1,000 class log-probabilities, fitted
-  by ``benchmarks/gate_fit.py`` (see the docs for its leave-one-group-out figures). Without
-  a fitted head it falls back to the grey-whale + killer-whale class mass.
+  identifier with a small logistic head over ImageNet's kinds of photo and the pooled
+  features (gates saved earlier: over the 1,000 class log-probabilities), and a
+  looks-like head, fitted by ``benchmarks/gate_fit.py`` (see the docs for its held-out
+  figures). Without a fitted head it falls back to the grey-whale + killer-whale class
+  mass.
 * ``clip`` (optional extra): OpenCLIP zero-shot with positive and negative prompt sets;
   the score is the softmax mass on the positive prompts. Text embeddings are computed
   once and saved with the gate, so loading needs no text-encoder pass.
@@ -96,10 +98,36 @@ class Gate(PretrainedMixin):
         with torch.inference_mode():
             return self.backend.scores(batch).float().cpu().numpy()
 
-    def results(self, scores: np.ndarray[Any, Any]) -> list[GateResult]:
-        """Turn raw scores into :class:`GateResult` objects at the current threshold."""
+    def assess_tensor(
+        self, batch: torch.Tensor
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[str | None]]:
+        """Scores of a preprocessed batch and what each photo most looks like.
+
+        ``looks_like`` names the non-cetacean kind a photo most resembles (e.g.
+        ``"pinniped"``, ``"boat"``, ``"empty_water"``), or ``None`` for a backend that
+        cannot tell.
+        """
+        with torch.inference_mode():
+            both = getattr(self.backend, "scores_and_looks_like", None)
+            if both is None:
+                scores = self.backend.scores(batch)
+                return scores.float().cpu().numpy(), [None] * int(scores.shape[0])
+            scores, kinds = both(batch)
+            return scores.float().cpu().numpy(), list(kinds)
+
+    def results(
+        self, scores: np.ndarray[Any, Any], looks_like: Sequence[str | None] | None = None
+    ) -> list[GateResult]:
+        """Turn raw scores into :class:`GateResult` objects at the current threshold.
+
+        ``looks_like`` is kept for rejected photos only (an accepted one is a cetacean).
+        """
         thr = self.threshold
-        return [GateResult(float(s), bool(s >= thr), thr, self.name) for s in scores.tolist()]
+        kinds = [None] * len(scores) if looks_like is None else list(looks_like)
+        return [
+            GateResult(float(s), bool(s >= thr), thr, self.name, None if s >= thr else k)
+            for s, k in zip(scores.tolist(), kinds, strict=True)
+        ]
 
     def score(
         self,
@@ -116,10 +144,13 @@ class Gate(PretrainedMixin):
         sources = list(images)
         workers = default_workers() if num_workers is None else max(1, num_workers)
         scores = []
+        kinds: list[str | None] = []
         for start in range(0, len(sources), batch_size):
             batch = load_batch(sources[start : start + batch_size], self.config.preprocess, workers)
-            scores.append(self.score_tensor(batch))
-        return self.results(np.concatenate(scores) if scores else np.zeros(0, np.float32))
+            s, k = self.assess_tensor(batch)
+            scores.append(s)
+            kinds += k
+        return self.results(np.concatenate(scores) if scores else np.zeros(0, np.float32), kinds)
 
     def calibrate(
         self,
@@ -187,7 +218,9 @@ def build_gate(parts: GateParts) -> Gate:
     else:
         from ._gate_embedded import EmbeddedBackend  # noqa: PLC0415 - builds a network
 
-        backend = EmbeddedBackend.from_tensors(parts.tensors, parts.where)
+        backend = EmbeddedBackend.from_tensors(
+            parts.tensors, parts.where, parts.config.features, parts.config.looks_like_kinds
+        )
     return Gate(backend, parts.config)
 
 

@@ -206,17 +206,28 @@ class Identifier(PretrainedMixin, nn.Module):
 
     def imagenet_logits(self, x: Tensor) -> Tensor:
         """Logits of the backbone's own classifier (needs ``backbone_num_classes > 0``)."""
+        return self.imagenet_outputs(x)[1]
+
+    def imagenet_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The backbone's pooled features and its own classifier's logits, in one pass.
+
+        Raises:
+            ConfigError: Without a backbone classifier (``backbone_num_classes == 0``).
+        """
         if self.config.backbone_num_classes == 0:
             raise ConfigError("this identifier has no backbone classifier")
         if not self.training and not torch.is_grad_enabled():
-            fused = self.fused.run("logits", lambda: Traced(self, self._logits_tuple), x)
+            fused = self.fused.run("imagenet", lambda: Traced(self, self._imagenet_tuple), x)
             if fused is not None:
-                return fused[0]
-        return self._logits_tuple(x)[0]
+                return fused[0], fused[1]
+        pooled, logits = self._imagenet_tuple(x)
+        return pooled, logits
 
-    def _logits_tuple(self, x: Tensor) -> tuple[Tensor]:
-        out: Tensor = self.backbone.forward_head(self.forward_features(x))
-        return (out,)
+    def _imagenet_tuple(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # timm's forward_head is global pool -> (dropout) -> classifier; split to keep both.
+        pooled: Tensor = self.backbone.forward_head(self.forward_features(x), pre_logits=True)
+        logits: Tensor = self.backbone.get_classifier()(pooled)
+        return pooled, logits
 
     # --- inference ----------------------------------------------------------------------
 

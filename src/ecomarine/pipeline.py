@@ -597,12 +597,14 @@ class Pipeline(PretrainedMixin):
     ) -> Iterator[tuple[Prediction, np.ndarray[Any, Any] | None]]:
         ok = [it for it in items if it.error is None]
         gate_scores: dict[int, float] = {}
+        looks: dict[int, str | None] = {}
         accepted = ok
         device = self.identifier.device
         if self.gate is not None and ok:
             gate_in = _stack([it.gate_input for it in ok], self.gate.config.preprocess, device)
-            scores = self.gate.score_tensor(gate_in)
+            scores, kinds = self.gate.assess_tensor(gate_in)
             gate_scores = {it.index: float(s) for it, s in zip(ok, scores.tolist(), strict=True)}
+            looks = {it.index: k for it, k in zip(ok, kinds, strict=True)}
             accepted = [it for it in ok if gate_scores[it.index] >= self.gate.threshold]
         answers: dict[int, tuple[Prediction, np.ndarray[Any, Any]]] = {}
         if accepted:
@@ -632,6 +634,7 @@ class Pipeline(PretrainedMixin):
                     is_cetacean=False,
                     gate_score=gate_scores.get(it.index),
                     rejection_reason="not_cetacean",
+                    looks_like=looks.get(it.index),
                 )
                 yield rejected, None
 

@@ -62,6 +62,7 @@ CSV_COLUMNS: Final = (
     "species_score",
     "new_individual_threshold",
     "rejection_reason",
+    "looks_like",
     "candidates",
     "error",
     "sha256",

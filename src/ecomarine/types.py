@@ -95,12 +95,16 @@ class GateResult:
         is_cetacean: ``score >= threshold``.
         threshold: The decision threshold used.
         backend: Which gate produced the score (``"embedded"``, ``"clip"``).
+        looks_like: For a rejected photo, the non-cetacean kind it most resembles (the
+            embedded gate: ``"pinniped"``, ``"boat"``, ``"empty_water_or_shore"``, ...; the
+            CLIP gate: its best-matching negative prompt); ``None`` otherwise.
     """
 
     score: float
     is_cetacean: bool
     threshold: float
     backend: str
+    looks_like: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -115,6 +119,7 @@ class GateResult:
             is_cetacean=bool(data["is_cetacean"]),
             threshold=float(data["threshold"]),
             backend=str(data["backend"]),
+            looks_like=None if data.get("looks_like") is None else str(data["looks_like"]),
         )
 
 
@@ -181,6 +186,8 @@ class Prediction:
             least ``1 - alpha``: individual ids, ``"new_individual"``, and
             ``"other_known"`` (someone in the catalogue not listed).
         alpha: The set's miscoverage.
+        looks_like: For a ``not_cetacean`` rejection, what the gate thinks the photo shows
+            instead (see :attr:`GateResult.looks_like`).
     """
 
     source: str | None
@@ -200,6 +207,7 @@ class Prediction:
     p_known: float | None = None
     candidate_set: tuple[str, ...] | None = None
     alpha: float | None = None
+    looks_like: str | None = None
 
     def __post_init__(self) -> None:
         if self.candidate_set is not None:
@@ -270,6 +278,7 @@ class Prediction:
                 p_known=opt_float("p_known"),
                 candidate_set=_str_tuple(data.get("candidate_set"), "candidate_set"),
                 alpha=opt_float("alpha"),
+                looks_like=opt_str("looks_like"),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):

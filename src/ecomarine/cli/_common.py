@@ -182,7 +182,8 @@ def progress_callback(total: int, label: str) -> Iterator[Callable[[int], None]]
 def verdict(p: Prediction | SightingPrediction) -> str:
     """A short human verdict (the open-set decision, not the best guess)."""
     if p.rejection_reason:
-        return f"rejected: {p.rejection_reason}"
+        looks = getattr(p, "looks_like", None)
+        return f"rejected: {p.rejection_reason}" + (f" (looks like {looks})" if looks else "")
     if p.is_new_individual:
         return "NEW individual"
     if p.individual_id:

@@ -64,10 +64,10 @@ def score(paths: tuple[str, ...], gate_name: str, batch_size: int) -> None:
     click.echo(
         table(
             [
-                (f.name, fmt(r.score), "yes" if r.is_cetacean else "no")
+                (f.name, fmt(r.score), "yes" if r.is_cetacean else "no", r.looks_like or "")
                 for f, r in zip(files, results, strict=True)
             ],
-            ["photo", "score", "cetacean"],
+            ["photo", "score", "cetacean", "looks like"],
         )
     )
     click.echo(f"\nthreshold {g.threshold:.3f} ({g.name} gate)")
@@ -195,15 +195,20 @@ def evaluate(
     groups: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(entries):
         groups[e.group].append(i)
-    per_group = {
-        name: {
+    per_group: dict[str, dict[str, Any]] = {}
+    for name, idx in sorted(groups.items()):
+        entry: dict[str, Any] = {
             "n": len(idx),
             "label": "cetacean" if labels[idx[0]] else "non_cetacean",
             "accuracy": float(np.mean(pred[idx] == labels[idx])),
             "median_score": float(np.median(scores[idx])),
         }
-        for name, idx in sorted(groups.items())
-    }
+        if not labels[idx[0]] and labels.any():
+            # How well this kind of photo is told apart from every cetacean photo.
+            both = np.concatenate([scores[labels], scores[idx]])
+            truth = np.concatenate([np.ones(int(labels.sum()), bool), np.zeros(len(idx), bool)])
+            entry["roc_auc_vs_cetaceans"] = roc_auc(both, truth)
+        per_group[name] = entry
     best = calibrate_binary(scores[labels], scores[~labels])
     result = {
         "backend": g.name,
@@ -220,10 +225,17 @@ def evaluate(
     click.echo(
         table(
             [
-                (k, v["label"], v["n"], fmt(float(v["accuracy"])), fmt(float(v["median_score"])))
+                (
+                    k,
+                    v["label"],
+                    v["n"],
+                    fmt(float(v["accuracy"])),
+                    fmt(float(v["median_score"])),
+                    fmt(float(v["roc_auc_vs_cetaceans"])) if "roc_auc_vs_cetaceans" in v else "",
+                )
                 for k, v in per_group.items()
             ],
-            ["group", "label", "n", "accuracy", "median score"],
+            ["group", "label", "n", "accuracy", "median score", "AUC vs cetaceans"],
         )
     )
     click.echo(
@@ -244,11 +256,13 @@ def _gate_markdown(result: dict[str, Any]) -> str:
         f"{result['threshold']:.3f}: ROC-AUC {result['roc_auc']:.3f}, TPR {result['tpr']:.3f}, "
         f"TNR {result['tnr']:.3f} ({result['n_positive']} cetacean, {result['n_negative']} other photos).",
         "",
-        "| group | label | photos | accuracy | median score |",
-        "| --- | --- | --- | --- | --- |",
+        "| group | label | photos | accuracy | median score | ROC-AUC vs cetaceans |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, g in result["per_group"].items():
+        auc = g.get("roc_auc_vs_cetaceans")
         lines.append(
-            f"| {name} | {g['label']} | {g['n']} | {g['accuracy']:.3f} | {g['median_score']:.3f} |"
+            f"| {name} | {g['label']} | {g['n']} | {g['accuracy']:.3f} | "
+            f"{g['median_score']:.3f} | {'' if auc is None else f'{auc:.3f}'} |"
         )
     return "\n".join(lines) + "\n"
