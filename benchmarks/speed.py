@@ -19,6 +19,7 @@ Usage: python benchmarks/speed.py --data ../shared/data [--quick]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -32,13 +33,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ecomarine import Pipeline
+from ecomarine import Gate, Pipeline
 from ecomarine._gate_embedded import EmbeddedBackend
 from ecomarine.config import PreprocessConfig
 from ecomarine.index import VectorIndex, faiss_available
 
 CACHE = Path("benchmarks/cache")
-ALL_PARTS = "throughput,gate,first,memory,search,exact"
+ALL_PARTS = "throughput,gate,gatecost,first,memory,search,exact"
+BASELINE_GATE = Path("benchmarks/baselines/gate-log-probs")
 
 
 def photo_set(data: Path, n_real: int) -> list[Path]:
@@ -100,8 +102,7 @@ def throughput(
                 img = Image.open(p).convert("RGB")  # full decode, no draft mode
                 g = torch.from_numpy(naive_preprocess(img, gpp))[None]
                 i = torch.from_numpy(naive_preprocess(img, ipp))[None]
-                logp = torch.log_softmax(backend.model.imagenet_logits(g), dim=1)
-                backend.scores_from_log_probs(logp)
+                backend.scores(g)
                 torch.nn.functional.normalize(ident(i), dim=1)
         eager(False)
 
@@ -192,6 +193,44 @@ def gate_throughput(pipe: Pipeline, photos: list[Path], batch: int, repeats: int
         "batch_size": batch,
         "gate_score_images_per_s": round(len(real) / statistics.median(score), 2),
         "gate_network_images_per_s": round(len(real) / statistics.median(net), 2),
+    }
+
+
+def gate_cost(
+    pipe: Pipeline, photos: list[Path], batch: int, workers: int, repeats: int
+) -> dict[str, Any]:
+    """The gate's share of ``predict_many`` time: shipped gate, earlier gate, and no gate.
+
+    Each gate's cost per photo is its ``predict_many`` time minus the time without a gate
+    (every photo goes through the identifier in all three: thresholds are 0).
+    """
+    shipped = pipe.gate
+    assert shipped is not None
+    baseline = Gate.from_pretrained(BASELINE_GATE, device="cpu")
+    baseline.config = dataclasses.replace(baseline.config, threshold=0.0)
+    variants: dict[str, Gate | None] = {"shipped": shipped, "baseline": baseline, "none": None}
+
+    def run(gate: Gate | None) -> None:
+        pipe.gate = gate
+        n = sum(1 for _ in pipe.predict_many(photos, batch_size=batch, num_workers=workers))
+        assert n == len(photos)
+
+    for g in variants.values():
+        run(g)  # warm-up: fused graphs, thread pools
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, g in variants.items():
+            runs[name] += timed(lambda g=g: run(g), 1)  # type: ignore[misc]
+    pipe.gate = shipped
+    ms = {k: 1000 * statistics.median(v) / len(photos) for k, v in runs.items()}
+    cost = {k: ms[k] - ms["none"] for k in ("shipped", "baseline")}
+    return {
+        "photos": len(photos),
+        "ms_per_photo_median": {k: round(v, 2) for k, v in ms.items()},
+        "gate_ms_per_photo": {k: round(v, 2) for k, v in cost.items()},
+        "shipped_vs_baseline_gate_cost": round(cost["shipped"] / cost["baseline"], 2),
+        "baseline": str(BASELINE_GATE),
+        "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
 
 
@@ -393,7 +432,7 @@ def peak_memory(photos: list[Path], n: int) -> dict[str, Any]:
     # a child started by vfork + exec inherits the parent's peak as its starting value.)
     code = f"""
 import itertools
-from ecomarine import Pipeline
+from ecomarine import Gate, Pipeline
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
@@ -439,6 +478,16 @@ def markdown(res: dict[str, Any]) -> str:
         f"| pipeline / networks only | {t['pipeline_vs_networks_only']}x |",
         f"| embedded gate alone: `Gate.score` on {res['gate']['photos']} real photos | {res['gate']['gate_score_images_per_s']} img/s |",
         f"| embedded gate alone: network on pre-decoded batches | {res['gate']['gate_network_images_per_s']} img/s |",
+        *(
+            [
+                f"| gate's cost in `predict_many`: shipped gate / earlier gate "
+                f"({res['gate_cost']['gate_ms_per_photo']['shipped']} / "
+                f"{res['gate_cost']['gate_ms_per_photo']['baseline']} ms per photo) | "
+                f"{res['gate_cost']['shipped_vs_baseline_gate_cost']}x |"
+            ]
+            if "gate_cost" in res
+            else []
+        ),
         f"| time to first prediction (fresh process) | {res['first_prediction']['seconds_median']} s |",
         f"| peak RSS, `predict_many` over {res['memory']['photos']} photos | {res['memory']['peak_rss_mb']} MB "
         f"(after loading {res['memory']['rss_after_loading_mb']} MB, peak by photo 250 "
@@ -519,7 +568,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default=ALL_PARTS,
-        help="comma-separated subset of throughput,gate,first,memory,search,exact to rerun "
+        help="comma-separated subset of throughput,gate,gatecost,first,memory,search,exact to rerun "
         "(the others are kept from the existing speed.json)",
     )
     args = parser.parse_args()
@@ -547,6 +596,11 @@ def main() -> None:
     if "gate" in parts:
         res["gate"] = gate_throughput(pipe, photos, batch=16, repeats=2 if args.quick else 3)
         print(res["gate"], flush=True)
+    if "gatecost" in parts:
+        res["gate_cost"] = gate_cost(
+            pipe, photos, batch=16, workers=2, repeats=2 if args.quick else 5
+        )
+        print(json.dumps(res["gate_cost"], indent=1), flush=True)
     if "first" in parts:
         res["first_prediction"] = first_prediction(photos[0], 3)
         print(res["first_prediction"], flush=True)
