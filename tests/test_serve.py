@@ -9,9 +9,11 @@ import logging
 import re
 import shutil
 import stat
+import struct
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -339,6 +342,22 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_answering(
         400,
         "one_photo",
     )
+    # A decompression bomb in pixels (a tiny PNG that claims 100,000 x 100,000): refused
+    # from its header, before decoding; in a batch it is a row with the reason.
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    png = io.BytesIO()
+    Image.new("L", (1, 1)).save(png, format="PNG")
+    small = png.getvalue()
+    bomb_png = (
+        small[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + small[33:]
+    )
+    error_of(
+        post("/v1/predict", content=bomb_png, headers={"content-type": "image/png"}),
+        413,
+        "image_too_large",
+    )
+    rows = post("/v1/predict-batch", files={"files": ("huge.png", bomb_png, "image/png")})
+    assert json.loads(rows.text)["rejection_reason"] == "image_too_large"
     # Oversized upload: refused from the Content-Length, and from the bytes when chunked.
     big = b"\xff" * (9 * 1024 * 1024)
     error_of(
