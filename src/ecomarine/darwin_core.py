@@ -39,6 +39,7 @@ from ._text import read_csv, spreadsheet_safe
 from ._version import __version__
 from .errors import DataError
 from .exif import read_exif_event
+from .review._decisions import review_key
 from .species import CETACEA, lookup_species
 from .types import Prediction, SightingPrediction
 
@@ -405,9 +406,27 @@ def media_url(source: str, base_url: str | None, root: Path | None) -> str:
     return base_url.rstrip("/") + "/" + quote(relative)
 
 
+@dataclass(frozen=True)
+class HumanReview:
+    """A person's decision on a photo or sighting (see :mod:`ecomarine.review`).
+
+    Attributes:
+        action: ``confirm``, ``new_individual``, ``skip`` or ``not_cetacean``.
+        individual_id: The individual confirmed or created.
+        reviewer: Who decided (``identifiedBy``).
+        at: When (ISO 8601; ``dateIdentified``).
+    """
+
+    action: str
+    individual_id: str | None
+    reviewer: str
+    at: str
+
+
 def to_occurrences(
     predictions: Iterable[Prediction | SightingPrediction],
     *,
+    reviews: Mapping[str, HumanReview] | None = None,
     dataset: DatasetMetadata | None = None,
     defaults: Mapping[str, str] | None = None,
     per_image: Mapping[str, Mapping[str, str]] | None = None,
@@ -443,6 +462,12 @@ def to_occurrences(
             cannot show.
         media_root: The folder photo paths are made relative to (default: the working
             directory for relative paths).
+        reviews: People's decisions by review key
+            (:func:`ecomarine.review.review_key`, e.g. from
+            :func:`ecomarine.review.human_reviews`): a confirmed or new individual is
+            ``identificationVerificationStatus`` "verified by human", ``identifiedBy`` the
+            reviewer; a photo judged not a cetacean is left out; the rest stay
+            "unverified" machine identifications.
 
     Raises:
         DataError: For a key that is not a Darwin Core term you can set, bad coordinates,
@@ -451,7 +476,7 @@ def to_occurrences(
     return [
         occ.record
         for occ in _Builder(
-            dataset, defaults, per_image, read_exif, media_base_url, media_root
+            dataset, defaults, per_image, read_exif, media_base_url, media_root, reviews
         ).occurrences(predictions, include_rejected)
     ]
 
@@ -475,8 +500,10 @@ class _Builder:
         read_exif: bool,
         media_base_url: str | None,
         media_root: str | os.PathLike[str] | None,
+        reviews: Mapping[str, HumanReview] | None = None,
     ) -> None:
         ds = dataset or DatasetMetadata()
+        self.reviews = dict(reviews or {})
         base: dict[str, str] = {"license": ds.license_uri(), **ds.extra_defaults}
         if ds.recorded_by:
             base["recordedBy"] = ds.recorded_by
@@ -517,6 +544,9 @@ class _Builder:
         for item in records:
             if item.rejection_reason and not include_rejected:
                 continue
+            review = self.reviews.get(review_key(item))
+            if review is not None and review.action == "not_cetacean":
+                continue  # a person says there is no cetacean: no occurrence
             if isinstance(item, SightingPrediction):
                 out.append(self.sighting(item))
             else:
@@ -549,6 +579,18 @@ class _Builder:
             dateIdentified=self.today,
             identificationVerificationStatus="unverified",
         )
+        review = self.reviews.get(review_key(what))
+        if review is not None and review.action in ("confirm", "new_individual"):
+            rec.update(
+                organismID=review.individual_id or "",
+                identifiedBy=review.reviewer,
+                dateIdentified=review.at[:10],
+                identificationVerificationStatus="verified by human",
+            )
+            if review.action == "new_individual":
+                rec["occurrenceRemarks"] = "new individual (created by a reviewer)"
+            elif rec["occurrenceRemarks"].startswith("new individual"):
+                rec["occurrenceRemarks"] = ""  # the reviewer matched it to a known one
 
     def sighting(self, sighting: SightingPrediction) -> _Occurrence:
         voters = sighting.accepted_photos or sighting.photos
@@ -686,6 +728,7 @@ def _built(
         options.pop("read_exif", True),
         options.pop("media_base_url", None),
         options.pop("media_root", None),
+        options.pop("reviews", None),
     )
     if options:
         raise DataError(f"unknown argument(s) {sorted(options)}")

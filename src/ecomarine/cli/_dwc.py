@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ..review._decisions import review_key
 from ._app import cli
 from ._common import overwrite_option, parse_assignments, refuse_existing, with_options
 
 if TYPE_CHECKING:
-    from ..darwin_core import DatasetMetadata
+    from ..darwin_core import DatasetMetadata, HumanReview
     from ..results import Record
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -79,6 +80,7 @@ class DwcSettings:
         *,
         include_rejected: bool = False,
         media_root: Path | None = None,
+        reviews: Mapping[str, HumanReview] | None = None,
     ) -> int:
         """Write the archive; return how many occurrences it holds."""
         from ..darwin_core import write_dwca  # noqa: PLC0415
@@ -92,8 +94,14 @@ class DwcSettings:
             include_rejected=include_rejected,
             media_base_url=self.media_base_url,
             media_root=media_root,
+            reviews=reviews,
         )
-        return sum(1 for p in preds if include_rejected or not p.rejection_reason)
+        dropped = {k for k, r in (reviews or {}).items() if r.action == "not_cetacean"}
+        return sum(
+            1
+            for p in preds
+            if (include_rejected or not p.rejection_reason) and review_key(p) not in dropped
+        )
 
 
 def dwc_options(func: _F) -> _F:
@@ -183,6 +191,12 @@ def dwc_options(func: _F) -> _F:
     help="Folder the photo paths are made relative to for --media-base-url.",
 )
 @click.option("--include-rejected", is_flag=True)
+@click.option(
+    "--decisions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A review's decisions file (`ecomarine review`): confirmed ids become "
+    '"verified by human" identifications, photos judged not cetaceans are left out.',
+)
 @dwc_options
 @overwrite_option
 def export_dwc(
@@ -190,6 +204,7 @@ def export_dwc(
     out: Path,
     media_root: Path | None,
     include_rejected: bool,
+    decisions: Path | None,
     dwc: DwcSettings,
     overwrite: bool,
 ) -> None:
@@ -201,5 +216,12 @@ def export_dwc(
     refuse_existing([out], overwrite)
     dwc.check()
     preds = read_results(results)
-    n = dwc.write(out, preds, include_rejected=include_rejected, media_root=media_root)
+    reviews = None
+    if decisions is not None:
+        from ..review import DecisionLog, human_reviews  # noqa: PLC0415
+
+        reviews = human_reviews(DecisionLog(decisions))
+    n = dwc.write(
+        out, preds, include_rejected=include_rejected, media_root=media_root, reviews=reviews
+    )
     click.echo(f"wrote {out} ({n} occurrences, licence {dwc.metadata().license_uri()})")
