@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,42 @@ def fake_hub_api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return calls
+
+
+class LiveServer:
+    """An ASGI app served by a real uvicorn on 127.0.0.1 in a thread, for HTTP tests.
+
+    Args:
+        app: The ASGI application.
+        ready_path: Polled until it answers 200 (the server is up and the app ready).
+    """
+
+    def __init__(self, app: Any, ready_path: str = "/ready") -> None:
+        import uvicorn
+
+        from ecomarine.serve import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_path = ready_path
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=5).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

@@ -8,8 +8,6 @@ import json
 import os
 import re
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from ecomarine.results import ResultsWriter, read_results  # noqa: E402
 from ecomarine.review import DecisionLog  # noqa: E402
 from ecomarine.review._app import ReviewSession, create_review_app  # noqa: E402
 from ecomarine.review.report import contact_sheet  # noqa: E402
-from ecomarine.serve import free_port  # noqa: E402
+
+from .helpers import LiveServer  # noqa: E402
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 
@@ -89,31 +88,6 @@ def season(examples_dir: Path, tmp_path: Path) -> Season:
     return Season(root, results, gallery, belugas, photos, outside)
 
 
-class Server:
-    def __init__(self, app: Any) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/api/queue", timeout=5)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("the review server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 def session_for(season: Season, decisions: Path, reviewer: str = "alice") -> ReviewSession:
     return ReviewSession(
         season.results, season.gallery, decisions, reviewer, gallery_images=season.images
@@ -146,7 +120,7 @@ def test_queue_serves_only_named_photos_inside_their_folders(
     assert by_title[HOSTILE_NAME]["photos"][0]["token"] is not None
     uncertainties = [it["uncertainty"] for it in items]
     assert uncertainties == sorted(uncertainties, reverse=True)  # most uncertain first
-    with Server(create_review_app(session)) as server:
+    with LiveServer(create_review_app(session), "/api/queue") as server:
         good = by_title[HOSTILE_NAME]["photos"][0]["token"]
         assert httpx.get(f"{server.url}/api/photo/{good}").content == season.photos[3].read_bytes()
         for bad in ("0" * 20, "..%2F..%2Fetc%2Fpasswd", "%00"):
@@ -216,7 +190,7 @@ def test_review_five_items_with_the_keyboard_undo_and_reopen(
     before = Gallery.load(season.gallery)
     dialogs: list[str] = []
     shots = os.environ.get("ECOMARINE_DOCS_SCREENSHOTS")
-    with Server(create_review_app(session)) as server:
+    with LiveServer(create_review_app(session), "/api/queue") as server:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(server.url)

@@ -10,7 +10,6 @@ import re
 import shutil
 import stat
 import struct
-import threading
 import time
 import zipfile
 import zlib
@@ -30,37 +29,12 @@ uvicorn = pytest.importorskip("uvicorn")
 from ecomarine import ConfigError, Gallery, Pipeline  # noqa: E402
 from ecomarine.serve import ServeConfig, create_app, free_port, serve  # noqa: E402
 
+from .helpers import LiveServer  # noqa: E402
+
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class Server:
-    """A uvicorn server in a thread; ``url`` once it answers /health."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +50,7 @@ def catalogue(examples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def service(catalogue: Path) -> Iterator[tuple[Server, Pipeline]]:
+def service(catalogue: Path) -> Iterator[tuple[LiveServer, Pipeline]]:
     pipe = Pipeline.from_pretrained("embedded", gallery=catalogue, device="cpu")
     config = ServeConfig(
         token=TOKEN,
@@ -86,7 +60,7 @@ def service(catalogue: Path) -> Iterator[tuple[Server, Pipeline]]:
         max_files=16,
         max_zip_uncompressed=4 * 1024 * 1024,
     )
-    with Server(create_app(pipe, config)) as server:
+    with LiveServer(create_app(pipe, config)) as server:
         yield server, pipe
 
 
@@ -125,7 +99,7 @@ def zip_of(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
 
 
 def test_health_ready_and_model(
-    service: tuple[Server, Pipeline], caplog: pytest.LogCaptureFixture
+    service: tuple[LiveServer, Pipeline], caplog: pytest.LogCaptureFixture
 ) -> None:
     server, pipe = service
     healthy(server.url)
@@ -152,7 +126,7 @@ def test_health_ready_and_model(
     )
 
 
-def test_a_token_is_required_and_compared_whole(service: tuple[Server, Pipeline]) -> None:
+def test_a_token_is_required_and_compared_whole(service: tuple[LiveServer, Pipeline]) -> None:
     server, _ = service
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
         r = httpx.get(f"{server.url}/v1/model", headers=headers)
@@ -163,7 +137,9 @@ def test_a_token_is_required_and_compared_whole(service: tuple[Server, Pipeline]
     assert httpx.get(f"{server.url}/health").status_code == 200  # liveness stays open
 
 
-def test_predict_equals_the_library(service: tuple[Server, Pipeline], photos: list[Path]) -> None:
+def test_predict_equals_the_library(
+    service: tuple[LiveServer, Pipeline], photos: list[Path]
+) -> None:
     server, pipe = service
     photo = photos[0]
     expected = pipe.predict(photo)
@@ -195,7 +171,7 @@ def test_predict_equals_the_library(service: tuple[Server, Pipeline], photos: li
 
 
 def test_predict_batch_streams_one_line_per_photo_in_order(
-    service: tuple[Server, Pipeline], photos: list[Path]
+    service: tuple[LiveServer, Pipeline], photos: list[Path]
 ) -> None:
     server, _ = service
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:3]]
@@ -225,7 +201,7 @@ def test_predict_batch_streams_one_line_per_photo_in_order(
 
 
 def test_requests_from_many_clients_share_forward_passes(
-    service: tuple[Server, Pipeline], photos: list[Path]
+    service: tuple[LiveServer, Pipeline], photos: list[Path]
 ) -> None:
     server, _ = service
     before = httpx.get(f"{server.url}/v1/model", headers=AUTH).json()["served"]
@@ -247,7 +223,7 @@ def test_requests_from_many_clients_share_forward_passes(
     assert after["batches"] - before["batches"] < 16  # some requests rode together
 
 
-def test_sightings(service: tuple[Server, Pipeline], examples_dir: Path) -> None:
+def test_sightings(service: tuple[LiveServer, Pipeline], examples_dir: Path) -> None:
     server, pipe = service
     folder = sorted((examples_dir / "belugas" / "sightings").iterdir())[0]
     shots = sorted(folder.glob("*.jpg"))
@@ -266,7 +242,7 @@ def test_sightings(service: tuple[Server, Pipeline], examples_dir: Path) -> None
 
 
 def test_individuals_and_enrolment(
-    service: tuple[Server, Pipeline], catalogue: Path, photos: list[Path]
+    service: tuple[LiveServer, Pipeline], catalogue: Path, photos: list[Path]
 ) -> None:
     server, pipe = service
     listing = httpx.get(f"{server.url}/v1/individuals", headers=AUTH).json()["individuals"]
@@ -318,7 +294,7 @@ def test_individuals_and_enrolment(
 
 
 def test_bad_requests_get_json_errors_and_the_server_keeps_answering(
-    service: tuple[Server, Pipeline], photos: list[Path]
+    service: tuple[LiveServer, Pipeline], photos: list[Path]
 ) -> None:
     server, _ = service
     url = server.url
@@ -429,7 +405,7 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_answering(
 
 def test_a_read_only_service_refuses_enrolment(catalogue: Path, photos: list[Path]) -> None:
     pipe = Pipeline.from_pretrained("embedded", gallery=catalogue, device="cpu")
-    with Server(create_app(pipe, ServeConfig())) as server:  # no token on loopback: allowed
+    with LiveServer(create_app(pipe, ServeConfig())) as server:  # no token on loopback: allowed
         r = httpx.post(
             f"{server.url}/v1/individuals/x/photos",
             files={"files": ("a.jpg", photos[0].read_bytes(), "image/jpeg")},
@@ -455,7 +431,7 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
 
 def test_shutdown_finishes_in_flight_requests(photos: list[Path]) -> None:
     pipe = Pipeline.from_pretrained("embedded", device="cpu")
-    server = Server(create_app(pipe, ServeConfig(max_wait_ms=200)))
+    server = LiveServer(create_app(pipe, ServeConfig(max_wait_ms=200)))
     with server:
         data = photos[0].read_bytes()
         with ThreadPoolExecutor(4) as pool:
@@ -482,7 +458,7 @@ def test_shutdown_finishes_in_flight_requests(photos: list[Path]) -> None:
 
 
 def test_fuzzing_from_the_openapi_schema_finds_no_server_error(
-    service: tuple[Server, Pipeline], photos: list[Path]
+    service: tuple[LiveServer, Pipeline], photos: list[Path]
 ) -> None:
     from urllib.parse import quote
 
@@ -555,7 +531,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(
 
 
 def test_the_documented_shell_and_javascript_clients_work(
-    service: tuple[Server, Pipeline], examples_dir: Path, photos: list[Path]
+    service: tuple[LiveServer, Pipeline], examples_dir: Path, photos: list[Path]
 ) -> None:
     import os
     import subprocess

@@ -19,16 +19,19 @@ def _gallery_dir(value: str) -> Path:
     return folder
 
 
+_gallery_images = click.option(
+    "--gallery-images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the gallery's photo paths are relative to (default: the current folder).",
+)
+
+
 @cli.command()
 @click.argument("results", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--gallery", "gallery", required=True, help="The gallery folder to review against (and grow)."
 )
-@click.option(
-    "--gallery-images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the gallery's photo paths are relative to (default: the current folder).",
-)
+@_gallery_images
 @click.option(
     "--decisions",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -96,11 +99,7 @@ def review(
 @click.option(
     "--gallery", "gallery", default=None, help="Gallery folder, for the candidates' photos."
 )
-@click.option(
-    "--gallery-images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the gallery's photo paths are relative to (default: the current folder).",
-)
+@_gallery_images
 @click.option("--title", default="ecomarine contact sheet", show_default=True)
 @overwrite_option
 def report(

@@ -39,57 +39,22 @@ _ID = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 _BOUNDARY = re.compile(r'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-_ONE_PHOTO = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-_MANY_PHOTOS = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["files"],
-                }
-            },
-            "application/zip": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-_SIGHTING = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "sighting_id": {"type": "string"},
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    },
-                    "required": ["files"],
-                }
-            },
-            "application/zip": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _body(fields: dict[str, Any], required: str, raw: tuple[str, ...]) -> dict[str, Any]:
+    """An OpenAPI request body: a multipart form with ``fields``, or a raw body."""
+    form = {"type": "object", "properties": fields, "required": [required]}
+    content = {"multipart/form-data": {"schema": form}} | {t: {"schema": _BINARY} for t in raw}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_FILES = {"type": "array", "items": _BINARY}
+_ONE_PHOTO = _body({"file": _BINARY}, "file", ("application/octet-stream", "image/jpeg"))
+_MANY_PHOTOS = _body({"files": _FILES}, "files", ("application/zip",))
+_SIGHTING = _body(
+    {"sighting_id": {"type": "string"}, "files": _FILES}, "files", ("application/zip",)
+)
 _ERROR = {"description": 'A JSON error: {"error": code, "detail": sentence}'}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: _ERROR,
