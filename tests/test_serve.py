@@ -119,6 +119,8 @@ def test_health_ready_and_model(
     assert model["model"] == pipe.identifier.config.name
     assert model["fingerprint"] == pipe.identifier.fingerprint("embedding")
     assert model["gate"]["threshold"] == pytest.approx(pipe.gate.threshold)  # type: ignore[union-attr]
+    assert len(model["gate"]["fingerprint"]) == 16
+    assert model["license"].startswith("Apache-2.0")
     assert model["gallery"]["individuals"] == len(pipe.gallery.individuals())  # type: ignore[union-attr]
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/predict", "/v1/predict-batch", "/v1/sightings", "/v1/individuals"} <= set(

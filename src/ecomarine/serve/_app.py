@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -155,6 +156,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
     """
     cfg = config or ServeConfig()
     state: dict[str, Batcher] = {}
+    gate_print = _gate_fingerprint(pipeline)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -309,7 +311,9 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
             "input_size": list(ident.config.preprocess.input_size),
             "new_individual_threshold": pipeline.new_individual_threshold,
             "sighting_threshold": pipeline.sighting_threshold,
-            "gate": None if gate is None else {"backend": gate.name, "threshold": gate.threshold},
+            "gate": None
+            if gate is None
+            else {"backend": gate.name, "threshold": gate.threshold, "fingerprint": gate_print},
             "gallery": None
             if gallery is None
             else {"photos": len(gallery), "individuals": len(gallery.individuals())},
@@ -464,6 +468,22 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
 
 
 def _license_of(pipeline: Pipeline) -> str | None:
-    """The model's licence, when its config or card states one."""
+    """The model's licence, when known: the bundled weights ship under the package's."""
     value = getattr(pipeline.identifier.config, "license", None)
-    return None if value is None else str(value)
+    if value is not None:
+        return str(value)
+    if pipeline.identifier.config.name.startswith("embedded"):
+        return "Apache-2.0 (ecomarine's bundled weights)"
+    return None  # see the model's own card
+
+
+def _gate_fingerprint(pipeline: Pipeline) -> str | None:
+    """A hash of the gate's config and tensors (which gate answered)."""
+    gate = pipeline.gate
+    if gate is None:
+        return None
+    digest = hashlib.sha256(json.dumps(gate.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(gate.backend.tensors().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
