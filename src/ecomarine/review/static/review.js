@@ -183,6 +183,8 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (key === "u") undo();
     else if (key === "arrowright" || key === "j") { state.index = Math.min(state.index + 1, state.items.length - 1); render(); }
     else if (key === "arrowleft" || key === "k") { state.index = Math.max(state.index - 1, 0); render(); }
+    else if (key === "home") { state.index = 0; render(); }
+    else if (key === "end") { state.index = state.items.length - 1; render(); }
     else if (key === "c") {
       const c = item.candidates[0];
       if (c && c.photos.length) compare(c.photos[0], c.individual_id);
