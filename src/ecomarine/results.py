@@ -38,6 +38,7 @@ __all__ = [
     "Record",
     "ResultsWriter",
     "completed_sources",
+    "flat_record",
     "iter_results",
     "read_results",
 ]
@@ -116,7 +117,12 @@ def _columns_of(record: Record) -> tuple[str, ...]:
     return SIGHTING_CSV_COLUMNS if isinstance(record, SightingPrediction) else CSV_COLUMNS
 
 
-def _csv_row(record: Record) -> list[object]:
+def flat_record(record: Record) -> dict[str, Any]:
+    """A record as the flat columns of the CLI's CSV, with their types kept.
+
+    Booleans and numbers stay booleans and numbers (``None`` when absent); lists
+    (candidates, the candidate set, a sighting's photos and evidence) are JSON text.
+    """
     data = record.to_dict()
     best = record.candidates[0] if record.candidates else None
     data["best_match"] = best.individual_id if best else None
@@ -127,8 +133,13 @@ def _csv_row(record: Record) -> list[object]:
     for key in _JSON_CELLS:
         if key in data and data[key] is not None:
             data[key] = json.dumps(data[key], ensure_ascii=False)
+    return {c: data[c] for c in _columns_of(record)}
+
+
+def _csv_row(record: Record) -> list[object]:
     return [
-        spreadsheet_safe(_one_line("" if data[c] is None else data[c])) for c in _columns_of(record)
+        spreadsheet_safe(_one_line("" if value is None else value))
+        for value in flat_record(record).values()
     ]
 
 

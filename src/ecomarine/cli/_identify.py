@@ -16,6 +16,7 @@ from ._common import (
     InputFile,
     best_guess,
     check_model,
+    expand_inputs,
     expand_named_inputs,
     fmt,
     gate_choice,
@@ -88,8 +89,30 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write results (.csv or .jsonl), each photo's as soon as it is made.",
+    type=click.Path(path_type=Path),
+    help="Write results (.csv or .jsonl), each photo's as soon as it is made; with --ray, "
+    "a folder of Parquet (or --ray-format jsonl) files.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    help='Run on a Ray cluster (extra "ray"): its address, or "local" to start one here. '
+    "A rerun skips photos already in --output.",
+)
+@click.option(
+    "--ray-format",
+    type=click.Choice(["parquet", "jsonl"]),
+    default="parquet",
+    show_default=True,
+    help="File format of the rows written with --ray.",
+)
+@click.option(
+    "--ray-actors",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Actors (each holds the pipeline) with --ray.",
 )
 @click.option(
     "--resume",
@@ -117,6 +140,9 @@ def identify(
     decision: str,
     new_share: float | None,
     output: Path | None,
+    ray_address: str | None,
+    ray_format: str,
+    ray_actors: int,
     resume: bool,
     dwca: Path | None,
     sightings: SightingOptions | None,
@@ -131,6 +157,27 @@ def identify(
     from ..sightings import VIDEO_SUFFIXES  # noqa: PLC0415
 
     # Every argument is checked before a model loads or a photo is read.
+    if ray_address is not None:
+        given = {
+            "--sightings": sightings is not None, "--dwca": dwca is not None, "--resume": resume,
+            "--threshold": threshold is not None, "--new-share": new_share is not None,
+            "--decision": decision != "threshold", "--gate": gate_name is not None,
+        }  # fmt: skip
+        unsupported = [name for name, on in given.items() if on]
+        if unsupported:
+            raise click.UsageError(f"{', '.join(unsupported)}: not available with --ray")
+        if output is None:
+            raise click.BadParameter(
+                "--ray writes its rows to a folder; give one", param_hint="--output"
+            )
+        _identify_on_ray(
+            paths, model, gallery_dir, output, ray_address, ray_format, ray_actors, batch_size
+        )
+        return
+    if output is not None and output.is_dir():
+        raise click.BadParameter(
+            f"{output}: a folder (only --ray writes folders)", param_hint="--output"
+        )
     if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
         raise click.BadParameter(f"{output}: must end in .csv or .jsonl", param_hint="--output")
     if dwca is not None and dwca.suffix.lower() != ".zip":
@@ -254,6 +301,39 @@ def _finish(
         records = read_results(output) if output is not None else made
         n = dwc.write(dwca, records, media_root=_common_root(inputs))
         click.echo(f"wrote {dwca} ({n} occurrences, licence {dwc.metadata().license_uri()})")
+
+
+def _identify_on_ray(
+    paths: Sequence[str],
+    model: str,
+    gallery_dir: str | None,
+    output: Path,
+    address: str,
+    fmt: str,
+    actors: int,
+    batch_size: int,
+) -> None:
+    """``identify --ray``: the rows go to ``output`` (a folder) from a Ray actor pool."""
+    from ..distributed import done_paths, identify_dataset  # noqa: PLC0415
+    from ..distributed import ray_init as init  # noqa: PLC0415
+
+    if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
+        raise click.BadParameter(
+            f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
+        )
+    if output.exists() and not output.is_dir():
+        raise click.BadParameter(f"{output}: exists and is not a folder", param_hint="--output")
+    check_model(model)
+    files = [str(f.resolve()) for f in expand_inputs(paths)]
+    if not files:
+        raise click.BadParameter("no image files found", param_hint="PATHS")
+    before = len(done_paths(output))
+    init(None if address == "local" else address)
+    identify_dataset(
+        files, model, gallery_dir, output=output, output_format=fmt, num_actors=actors,
+        batch_size=batch_size,
+    )  # fmt: skip
+    click.echo(f"{len(done_paths(output)) - before} photos written to {output} ({fmt})")
 
 
 def _load(
