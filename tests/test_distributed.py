@@ -133,3 +133,35 @@ def test_jsonl_output_and_the_cli(
         )
         == 2
     )
+
+
+def test_gallery_build_on_ray_equals_the_one_built_here(
+    cluster: None, examples_dir: Path, tmp_path: Path
+) -> None:
+    from ecomarine import Gallery, InvalidImageError
+    from ecomarine.cli import main
+    from ecomarine.distributed import embed_on_ray
+
+    belugas = examples_dir / "belugas"
+    here, there = tmp_path / "here", tmp_path / "there"
+    args = ["gallery", "build", "--csv", str(belugas / "gallery.csv"), "--images", str(belugas)]
+    assert main([*args, "--out", str(here)]) == 0
+    assert (
+        main(
+            [*args, "--out", str(there), "--ray", "local", "--ray-actors", "2", "--batch-size", "8"]
+        )
+        == 0
+    )
+    a, b = Gallery.load(here), Gallery.load(there)
+    assert [r["individual_id"] for r in a.records()] == [r["individual_id"] for r in b.records()]
+    assert [r["metadata"]["sha256"] for r in a.records()] == [
+        r["metadata"]["sha256"] for r in b.records()
+    ]
+    cos = np.sum(a.embeddings * b.embeddings, axis=1)
+    assert cos.min() >= 0.9999
+    assert a.fingerprint == b.fingerprint
+    # An unreadable photo is named, and nothing is returned.
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    with pytest.raises(InvalidImageError, match=r"bad\.jpg"):
+        embed_on_ray([str(belugas / "gallery" / "train0003.jpg"), str(bad)], batch_size=2)

@@ -23,10 +23,13 @@ from .results import CSV_COLUMNS, flat_record
 from .types import Prediction
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
     import ray.data
 
-__all__ = ["FORMATS", "done_paths", "identify_dataset", "ray_init", "row_schema"]
+    from .types import EmbeddingKind
+
+__all__ = ["FORMATS", "done_paths", "embed_on_ray", "identify_dataset", "ray_init", "row_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +250,91 @@ def identify_dataset(
     else:
         rows.write_json(folder)
     return cast("ray.data.Dataset", rows)
+
+
+class _Embedder:
+    """An actor: loads the identifier once, embeds each batch of photos it is given."""
+
+    def __init__(self, model: str, kind: EmbeddingKind, batch_size: int, threads: int) -> None:
+        import torch  # noqa: PLC0415 - in the actor's process
+
+        from .identifier import Identifier  # noqa: PLC0415
+
+        torch.set_num_threads(max(1, threads))
+        self.identifier = Identifier.from_pretrained(model)
+        self.kind = kind
+        self.batch_size = batch_size
+        self.threads = max(1, threads)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from .errors import InvalidImageError  # noqa: PLC0415
+
+        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        errors = [str(e) for e in batch["error"]]
+        vectors: list[list[float]] = [[] for _ in errors]
+        data = [bytes(batch["data"][i]) for i in ok]
+        try:
+            emb = self.identifier.embed(
+                data, batch_size=self.batch_size, kind=self.kind, num_workers=self.threads,
+            )  # fmt: skip
+            for row, i in enumerate(ok):
+                vectors[i] = emb[row].tolist()
+        except InvalidImageError:
+            for i in ok:  # find which photo: one at a time
+                try:
+                    one = self.identifier.embed([bytes(batch["data"][i])], kind=self.kind)
+                    vectors[i] = one[0].tolist()
+                except InvalidImageError as exc:
+                    errors[i] = exc.reason
+        return {"index": list(batch["index"]), "vector": vectors, "error": errors}
+
+
+def embed_on_ray(
+    images: Sequence[str | os.PathLike[str]],
+    model: str = "embedded",
+    *,
+    kind: EmbeddingKind = "embedding",
+    batch_size: int = 32,
+    num_actors: int = 1,
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Embed photos on the current Ray cluster (an actor pool holding the identifier).
+
+    For :meth:`~ecomarine.pipeline.Pipeline.enroll`'s ``embed`` (``gallery build --ray``).
+
+    Returns:
+        ``(N, D)`` unit-norm vectors, in input order.
+
+    Raises:
+        InvalidImageError: Naming the first photo that cannot be read (nothing is added).
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from .errors import InvalidImageError  # noqa: PLC0415
+
+    rt = _ray()
+    ray_init()
+    paths = [str(p) for p in images]
+    if not paths:
+        return np.zeros((0, 0), np.float32)
+    ds = rt.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
+    cpus = max(_READ_CPUS, (float(rt.cluster_resources().get("CPU", 1)) - _READ_CPUS) / num_actors)
+
+    def read(batch: dict[str, Any]) -> dict[str, Any]:
+        return {"index": list(batch["index"]), **_read(batch)}
+
+    rows = (
+        ds.map_batches(read, batch_size=batch_size, num_cpus=_READ_CPUS)
+        .map_batches(
+            _Embedder,
+            fn_constructor_args=(model, kind, batch_size, max(1, round(cpus))),
+            batch_size=batch_size,
+            concurrency=num_actors,
+            num_cpus=cpus,
+        )
+        .take_all()
+    )
+    rows.sort(key=lambda r: int(r["index"]))
+    bad = next((r for r in rows if r["error"]), None)
+    if bad is not None:
+        raise InvalidImageError(paths[int(bad["index"])], str(bad["error"]))
+    return np.asarray([r["vector"] for r in rows], dtype=np.float32)

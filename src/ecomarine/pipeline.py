@@ -272,6 +272,7 @@ class Pipeline(PretrainedMixin):
         batch_size: int = 32,
         duplicates: DuplicatePolicy = "skip",
         progress: Callable[[int], None] | None = None,
+        embed: Callable[[list[ImageSource]], np.ndarray[Any, Any]] | None = None,
     ) -> list[str]:
         """Embed photos of known individuals into the attached gallery (created if needed).
 
@@ -287,6 +288,9 @@ class Pipeline(PretrainedMixin):
             duplicates: A photo whose content is already in the gallery (or earlier in
                 ``images``): ``"skip"`` it (logged), ``"error"``, or ``"keep"`` it anyway.
             progress: Called with the number of photos embedded after each batch.
+            embed: What embeds the photos kept (default: this pipeline's identifier, in
+                process); e.g. :func:`ecomarine.distributed.embed_on_ray` for a large
+                catalogue. It must return this identifier's vectors of ``embedding_kind``.
 
         Returns:
             The image ids of the photos added, in input order (skipped ones have none).
@@ -324,12 +328,13 @@ class Pipeline(PretrainedMixin):
                     continue
                 known.setdefault(digest, f"(input {i})")
             keep.append(i)
-        emb = self.identifier.embed(
-            [images[i] for i in keep],
-            batch_size=batch_size,
-            kind=self.embedding_kind,
-            progress=progress,
-        )
+        kept = [images[i] for i in keep]
+        if embed is not None:
+            emb = embed(kept)
+        else:
+            emb = self.identifier.embed(
+                kept, batch_size=batch_size, kind=self.embedding_kind, progress=progress
+            )
         return self.gallery.add(
             emb,
             [individual_ids[i] for i in keep],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from ..io import ImageSource
     from ..pipeline import DuplicatePolicy, Pipeline
 
 
@@ -49,11 +52,28 @@ def _embed_catalog(
     batch_size: int,
     columns: Mapping[str, str],
     duplicates: DuplicatePolicy,
+    ray: tuple[str, str, int] | None = None,
 ) -> tuple[int, int]:
-    """Enroll a catalogue CSV; return (photos added, duplicates skipped)."""
+    """Enroll a catalogue CSV; return (photos added, duplicates skipped).
+
+    ``ray`` is ``(address, model, actors)``: embed on a Ray cluster instead of here.
+    """
     from ..catalog import read_catalog_csv  # noqa: PLC0415
 
     samples = read_catalog_csv(csv_path, images, columns=columns)
+    embed = None
+    if ray is not None:
+        from ..distributed import embed_on_ray, ray_init  # noqa: PLC0415
+
+        address, model, actors = ray
+        ray_init(None if address == "local" else address)
+
+        def embed(kept: list[ImageSource]) -> np.ndarray[Any, Any]:
+            return embed_on_ray(
+                [str(k) for k in kept], model, kind=pipe.embedding_kind,
+                batch_size=batch_size, num_actors=actors,
+            )  # fmt: skip
+
     with progress_callback(len(samples), "embedding") as advance:
         added = pipe.enroll(
             [s.path for s in samples],
@@ -63,6 +83,7 @@ def _embed_catalog(
             batch_size=batch_size,
             duplicates=duplicates,
             progress=advance,
+            embed=embed,
         )
     return len(added), len(samples) - len(added)
 
@@ -104,6 +125,19 @@ def _skipped(n: int) -> str:
     help="Search index: exact, or approximate for large catalogues (needs faiss).",
 )
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    help='Embed on a Ray cluster (extra "ray"): its address, or "local".',
+)
+@click.option(
+    "--ray-actors",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Actors (each holds the identifier) with --ray.",
+)
 @catalog_columns_option
 @_duplicates_option
 @overwrite_option
@@ -116,6 +150,8 @@ def build(
     calibrate: bool,
     index_kind: IndexKind,
     batch_size: int,
+    ray_address: str | None,
+    ray_actors: int,
     columns: dict[str, str],
     duplicates: DuplicatePolicy,
     overwrite: bool,
@@ -133,7 +169,8 @@ def build(
     check_model(model)
     read_catalog_csv(csv_path, images, columns=columns)  # every CSV problem before a model loads
     pipe = Pipeline.from_pretrained(model, gate=False, embedding_kind=kind)
-    n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates)
+    ray = None if ray_address is None else (ray_address, model, ray_actors)
+    n, skipped = _embed_catalog(pipe, csv_path, images, batch_size, columns, duplicates, ray)
     assert pipe.gallery is not None
     pipe.gallery.use_index(index_kind)
     if calibrate:
