@@ -85,3 +85,18 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def example_catalogue(examples_dir: Path, folder: Path) -> Path:
+    """A real gallery of the examples' 36 beluga photos (12 whales), saved in ``folder``."""
+    import csv
+
+    from ecomarine import Pipeline
+
+    belugas = examples_dir / "belugas"
+    with (belugas / "gallery.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    pipe = Pipeline.from_pretrained("embedded", device="cpu")
+    pipe.enroll([belugas / r["image"] for r in rows], [r["individual_id"] for r in rows], "beluga")
+    assert pipe.gallery is not None
+    return pipe.gallery.save(folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ pads = pytest.importorskip("pyarrow.dataset")
 from ecomarine import Pipeline  # noqa: E402
 from ecomarine.distributed import done_paths, identify_dataset, ray_init  # noqa: E402
 from ecomarine.results import CSV_COLUMNS  # noqa: E402
+
+from .helpers import example_catalogue  # noqa: E402
 
 pytestmark = [
     pytest.mark.enable_socket,
@@ -37,13 +38,8 @@ def cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def catalogue(examples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    belugas = examples_dir / "belugas"
-    with (belugas / "gallery.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    pipe = Pipeline.from_pretrained("embedded", device="cpu")
-    pipe.enroll([belugas / r["image"] for r in rows], [r["individual_id"] for r in rows], "beluga")
-    assert pipe.gallery is not None
-    return pipe.gallery.save(tmp_path_factory.mktemp("ray") / "gallery")
+    """A small real gallery (the examples' belugas), in a folder the test may write."""
+    return example_catalogue(examples_dir, tmp_path_factory.mktemp("ray") / "gallery")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -29,7 +28,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from ecomarine import ConfigError, Gallery, Pipeline  # noqa: E402
 from ecomarine.serve import ServeConfig, create_app, free_port, serve  # noqa: E402
 
-from .helpers import LiveServer  # noqa: E402
+from .helpers import LiveServer, example_catalogue  # noqa: E402
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 
@@ -39,14 +38,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def catalogue(examples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real gallery (the examples' belugas), in a folder the service may write."""
-    root = examples_dir / "belugas"
-    with (root / "gallery.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    pipe = Pipeline.from_pretrained("embedded", device="cpu")
-    pipe.enroll([root / r["image"] for r in rows], [r["individual_id"] for r in rows], "beluga")
-    assert pipe.gallery is not None
-    return pipe.gallery.save(tmp_path_factory.mktemp("serve") / "gallery")
+    """A small real gallery (the examples' belugas), in a folder the test may write."""
+    return example_catalogue(examples_dir, tmp_path_factory.mktemp("serve") / "gallery")
 
 
 @pytest.fixture(scope="module")
