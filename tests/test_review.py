@@ -394,3 +394,24 @@ def test_darwin_core_carries_the_reviewers_decisions(season: Season, tmp_path: P
     # A photo that appears twice (a sighting's copy of a query) is the same photo: both count.
     assert text.count("verified by human") == sum(review_key(r) in verified for r in records)
     assert "whale-carol-1" in text
+
+
+def test_photos_named_relative_to_the_working_folder_are_found_but_stay_confined(
+    tmp_path: Path, examples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ecomarine.review._queue import PhotoRegistry
+
+    season = tmp_path / "season"
+    season.mkdir()
+    shutil.copyfile(
+        sorted((examples_dir / "belugas" / "queries").glob("*.jpg"))[0], season / "a.jpg"
+    )
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)  # as after `ecomarine identify season/ --output season/r.jsonl`
+    reg = PhotoRegistry()
+    assert reg.add("season/a.jpg", season) is not None  # via the working folder
+    assert reg.add("a.jpg", season) is not None  # via the results' folder
+    assert reg.add("secret.jpg", season) is None  # exists, but outside the results' folder
+    assert reg.add("season/../secret.jpg", season) is None
+    (season / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert reg.add("season/link.jpg", season) is None  # a link that points out

@@ -32,24 +32,30 @@ class PhotoRegistry:
         self._paths: dict[str, Path] = {}
 
     def add(self, name: str, root: Path) -> str | None:
-        """A token for ``name`` (relative to ``root`` unless absolute), or ``None``.
+        """A token for ``name``, or ``None``.
 
-        ``None`` when the file is missing, not a regular file, or resolves outside ``root``.
+        A relative ``name`` is looked up against ``root`` and then the working folder (a
+        results file written by ``ecomarine identify season/ --output season/r.jsonl``
+        names its photos ``season/…``). ``None`` when the file is missing, not a regular
+        file, or resolves outside ``root``.
         """
         if not name or "\x00" in name:
             return None
         path = Path(name)
-        path = path if path.is_absolute() else root / path
-        try:
-            real = path.resolve(strict=True)
-            inside = real.is_relative_to(root.resolve(strict=True))
-        except (OSError, RuntimeError, ValueError):
-            return None
-        if not inside or not real.is_file():
-            return None
-        token = hashlib.sha256(str(real).encode("utf-8", "surrogateescape")).hexdigest()[:20]
-        self._paths[token] = real
-        return token
+        tries = [path] if path.is_absolute() else [root / path, Path.cwd() / path]
+        for candidate in tries:
+            try:
+                real = candidate.resolve(strict=True)
+                inside = real.is_relative_to(root.resolve(strict=True))
+            except (OSError, RuntimeError, ValueError):
+                continue
+            if inside and real.is_file():
+                token = hashlib.sha256(str(real).encode("utf-8", "surrogateescape")).hexdigest()[
+                    :20
+                ]
+                self._paths[token] = real
+                return token
+        return None
 
     def path(self, token: str) -> Path | None:
         """The file behind a token."""
