@@ -62,9 +62,19 @@ def photo_set(data: Path, n_real: int) -> list[Path]:
 
 def naive_preprocess(img: Image.Image, pp: PreprocessConfig) -> np.ndarray:
     """What a straightforward loop does: Pillow resize, NumPy normalise, CHW float32."""
-    assert pp.resize == "squash"
     assert pp.interpolation == "bilinear"
-    arr = np.asarray(img.resize((pp.width, pp.height), Image.Resampling.BILINEAR), np.float32)
+    if pp.resize == "letterbox":  # keep the aspect, pad with the mean colour
+        scale = min(pp.width / img.width, pp.height / img.height)
+        inner = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        canvas = Image.new("RGB", (pp.width, pp.height), tuple(round(c * 255) for c in pp.mean))
+        canvas.paste(
+            img.resize(inner, Image.Resampling.BILINEAR),
+            ((pp.width - inner[0]) // 2, (pp.height - inner[1]) // 2),
+        )
+        img = canvas
+    else:
+        img = img.resize((pp.width, pp.height), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, np.float32)
     arr = (arr / 255.0 - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -133,6 +143,22 @@ def throughput(
         n = sum(1 for _ in pipe.predict_many(photos, batch_size=batch, num_workers=workers))
         assert n == len(photos)
 
+    def on_onnxruntime(fn: Any) -> Any:
+        # The same calls with ECOMARINE_BACKEND=onnxruntime (sessions cached beside graphs).
+        def run() -> None:
+            os.environ["ECOMARINE_BACKEND"] = "onnxruntime"
+            try:
+                fn()
+            finally:
+                os.environ.pop("ECOMARINE_BACKEND", None)
+
+        return run
+
+    networks_onnxruntime = on_onnxruntime(networks)
+    pipeline_onnxruntime = on_onnxruntime(pipeline)
+    for _ in range(3):  # build the sessions (a shape is exported once it comes back)
+        networks_onnxruntime()
+        pipeline_onnxruntime()
     pipeline()  # warm-up (thread pools, allocator, oneDNN kernels)
     networks()
     variants = (
@@ -141,6 +167,8 @@ def throughput(
         ("networks_eager", networks_eager),
         ("networks", networks),
         ("pipeline", pipeline),
+        ("networks_onnxruntime", networks_onnxruntime),
+        ("pipeline_onnxruntime", pipeline_onnxruntime),
     )
     # Round-robin, so that a slow spell of a shared machine hits every variant alike.
     runs: dict[str, list[float]] = {name: [] for name, _ in variants}
@@ -159,6 +187,15 @@ def throughput(
         ),
         "pipeline_vs_networks_only": round(rate["pipeline"] / rate["networks"], 2),
         "fused_vs_eager_networks": round(rate["networks"] / rate["networks_eager"], 2),
+        "onnxruntime_vs_eager_networks": round(
+            rate["networks_onnxruntime"] / rate["networks_eager"], 2
+        ),
+        "pipeline_onnxruntime_vs_its_networks": round(
+            rate["pipeline_onnxruntime"] / rate["networks_onnxruntime"], 2
+        ),
+        "pipeline_onnxruntime_vs_reference": round(
+            rate["pipeline_onnxruntime"] / rate["reference"], 2
+        ),
         "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
 
@@ -476,6 +513,17 @@ def markdown(res: dict[str, Any]) -> str:
         f"| pipeline / reference | {t['pipeline_vs_reference']}x |",
         f"| pipeline / library one at a time | {t['pipeline_vs_library_one_at_a_time']}x |",
         f"| pipeline / networks only | {t['pipeline_vs_networks_only']}x |",
+        *(
+            [
+                f"| networks only, `ECOMARINE_BACKEND=onnxruntime` | {r['networks_onnxruntime']} img/s |",
+                f"| onnxruntime / eager networks | {t['onnxruntime_vs_eager_networks']}x |",
+                f"| `predict_many` on onnxruntime | {r['pipeline_onnxruntime']} img/s "
+                f"({t['pipeline_onnxruntime_vs_its_networks']}x its networks, "
+                f"{t['pipeline_onnxruntime_vs_reference']}x the reference) |",
+            ]
+            if "networks_onnxruntime" in r
+            else []
+        ),
         f"| embedded gate alone: `Gate.score` on {res['gate']['photos']} real photos | {res['gate']['gate_score_images_per_s']} img/s |",
         f"| embedded gate alone: network on pre-decoded batches | {res['gate']['gate_network_images_per_s']} img/s |",
         *(
