@@ -7,16 +7,12 @@ from pathlib import Path
 import click
 
 from ._app import cli
-from ._common import check_model, overwrite_option, refuse_existing
+from ._common import check_gallery_dir, check_model, overwrite_option, refuse_existing
 
 
 def _gallery_dir(value: str) -> Path:
-    folder = Path(value)
-    if not (folder / "gallery.json").is_file():
-        raise click.BadParameter(
-            f"{value}: not a gallery (no gallery.json)", param_hint="--gallery"
-        )
-    return folder
+    check_gallery_dir(value)
+    return Path(value)
 
 
 _gallery_images = click.option(
@@ -62,7 +58,8 @@ def review(
     import threading  # noqa: PLC0415
     import webbrowser  # noqa: PLC0415
 
-    from ..review._app import ReviewError, ReviewSession, create_review_app  # noqa: PLC0415
+    from ..review._app import ReviewSession, create_review_app  # noqa: PLC0415
+    from ..serve._errors import RequestError  # noqa: PLC0415
 
     try:
         import uvicorn  # noqa: PLC0415
@@ -78,7 +75,7 @@ def review(
         session = ReviewSession(
             results, folder, log, name, gallery_images=gallery_images, model=model
         )
-    except ReviewError as exc:
+    except RequestError as exc:
         raise click.BadParameter(exc.detail, param_hint="--reviewer") from exc
     url = f"http://127.0.0.1:{port}/"
     click.echo(f"reviewing {len(session.items)} items as {name}; decisions in {log}; open {url}")

@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import mimetypes
-import re
 import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import FileResponse, Response
 
-from ..errors import EcomarineError, GalleryError
 from ..gallery import Gallery
 from ..pipeline import Pipeline
 from ..results import read_results
+from ..serve._errors import SAFE_ID, RequestError, install_error_handlers
 from ._decisions import ACTIONS, Decision, DecisionLog
 from ._queue import PhotoRegistry, ReviewItem, build_queue
 
 __all__ = ["ReviewSession", "create_review_app"]
 
-_ID = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-
-
-class ReviewError(Exception):
-    """A decision the app refuses (HTTP status and a sentence)."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 class ReviewSession:
@@ -63,8 +52,8 @@ class ReviewSession:
         gallery_images: str | Path | None = None,
         model: str = "embedded",
     ) -> None:
-        if not _ID.match(reviewer):
-            raise ReviewError(400, "bad_reviewer", "reviewer: 1-128 characters, no slashes")
+        if not SAFE_ID.match(reviewer):
+            raise RequestError(400, "bad_reviewer", "reviewer: 1-128 characters, no slashes")
         self.results = Path(results)
         self.gallery_dir = Path(gallery_dir)
         self.reviewer = reviewer
@@ -114,20 +103,20 @@ class ReviewSession:
         that contradicts another reviewer's is recorded as a conflict and not applied.
 
         Raises:
-            ReviewError: For an unknown item or action, or a bad or clashing id.
+            RequestError: For an unknown item or action, or a bad or clashing id.
         """
         item = self._by_id.get(item_id)
         if item is None:
-            raise ReviewError(404, "unknown_item", f"no item {item_id!r} in this review")
+            raise RequestError(404, "unknown_item", f"no item {item_id!r} in this review")
         if action not in ACTIONS:
-            raise ReviewError(400, "bad_action", f"action must be one of {ACTIONS}")
+            raise RequestError(400, "bad_action", f"action must be one of {ACTIONS}")
         if action in ("confirm", "new_individual"):
-            if individual_id is None or not _ID.match(individual_id):
-                raise ReviewError(400, "bad_id", "individual id: 1-128 characters, no slashes")
+            if individual_id is None or not SAFE_ID.match(individual_id):
+                raise RequestError(400, "bad_id", "individual id: 1-128 characters, no slashes")
             if action == "confirm" and individual_id not in {
                 c["individual_id"] for c in item.candidates
             }:
-                raise ReviewError(400, "not_a_candidate", f"{individual_id!r} was not proposed")
+                raise RequestError(400, "not_a_candidate", f"{individual_id!r} was not proposed")
         else:
             individual_id = None
         with self._lock:
@@ -141,7 +130,7 @@ class ReviewSession:
             others = [d for d in self.log.in_force() if d.item_id == item_id and not d.conflict]
             conflict = any(d.outcome != (action, individual_id) for d in others)
             if action == "new_individual" and not conflict and self._known(individual_id):
-                raise ReviewError(
+                raise RequestError(
                     409, "id_taken", f"{individual_id!r} is already catalogued: confirm it instead"
                 )
             image_ids: list[str] = []
@@ -206,24 +195,7 @@ def create_review_app(session: ReviewSession) -> FastAPI:
             headers={"content-security-policy": _CSP, "cache-control": "no-store"},
         )
 
-    @app.exception_handler(ReviewError)
-    async def _refused(request: Request, exc: ReviewError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
-
-    @app.exception_handler(EcomarineError)
-    async def _library(request: Request, exc: EcomarineError) -> JSONResponse:
-        status = 409 if isinstance(exc, GalleryError) else 422
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": "not_found" if exc.status_code == 404 else "bad_request",
-                "detail": str(exc.detail),
-            },
-            status_code=exc.status_code,
-        )
+    install_error_handlers(app, {404: "not_found"})
 
     @app.get("/")
     def page() -> Response:
@@ -246,9 +218,9 @@ def create_review_app(session: ReviewSession) -> FastAPI:
         try:
             body = await request.json()
         except ValueError as exc:
-            raise ReviewError(400, "bad_json", "send a JSON object") from exc
+            raise RequestError(400, "bad_json", "send a JSON object") from exc
         if not isinstance(body, dict):
-            raise ReviewError(400, "bad_json", "send a JSON object")
+            raise RequestError(400, "bad_json", "send a JSON object")
         ind = body.get("individual_id")
         decision = session.decide(
             str(body.get("item_id", "")),
@@ -269,7 +241,7 @@ def create_review_app(session: ReviewSession) -> FastAPI:
     def photo(token: str) -> FileResponse:
         path = session.photos.path(token)
         if path is None:
-            raise ReviewError(404, "unknown_photo", "no such photo in this review")
+            raise RequestError(404, "unknown_photo", "no such photo in this review")
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if not media.startswith("image/"):
             media = "application/octet-stream"

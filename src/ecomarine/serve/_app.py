@@ -19,24 +19,22 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ..errors import EcomarineError, GalleryError
 from ..gallery import Gallery
 from ..pipeline import Pipeline
 from ..types import Prediction
 from ._batcher import Batcher, BusyError, ClosedError
 from ._config import ServeConfig
-from ._uploads import UploadError, read_zip
+from ._errors import SAFE_ID, RequestError, error_response, install_error_handlers
+from ._uploads import read_zip
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger("ecomarine.serve")
 
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
-_ID = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 _BOUNDARY = re.compile(r'boundary="?([^";,\s]{1,200})"?', re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -67,12 +65,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: _ERROR,
     503: _ERROR,
 }
-
-
-def _error(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 class _BodyTooLargeError(Exception):
@@ -128,7 +120,7 @@ class _Limits:
         except _BodyTooLargeError:
             if not status["sent"]:
                 detail = f"request body over {self.max_bytes} bytes"
-                await _error(413, "too_large", detail)(scope, receive, send_with_id)
+                await error_response(413, "too_large", detail)(scope, receive, send_with_id)
         finally:
             logger.info(
                 json.dumps(
@@ -183,7 +175,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
     def batcher() -> Batcher:
         b = state.get("batcher")
         if b is None:
-            raise UploadError(503, "not_ready", "the model is not loaded yet")
+            raise RequestError(503, "not_ready", "the model is not loaded yet")
         return b
 
     async def on_worker(fn: Callable[[], Any]) -> Any:
@@ -198,36 +190,23 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
             token.strip().encode("utf-8", "replace"), cfg.token.encode("utf-8")
         )
         if not ok:
-            raise UploadError(401, "unauthorized", "a valid bearer token is required")
+            raise RequestError(401, "unauthorized", "a valid bearer token is required")
 
     # --- errors: always JSON, never a traceback --------------------------------------------
 
-    @app.exception_handler(UploadError)
-    async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return _error(exc.status, exc.code, exc.detail, headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return _error(exc.status_code, code, str(exc.detail))
+    install_error_handlers(app, {404: "not_found", 405: "method_not_allowed"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc.errors()[:3]))
+        return error_response(422, "invalid_request", str(exc.errors()[:3]))
 
     @app.exception_handler(BusyError)
     async def _busy(request: Request, exc: BusyError) -> JSONResponse:
-        return _error(503, "busy", str(exc), {"retry-after": "1"})
+        return error_response(503, "busy", str(exc), {"retry-after": "1"})
 
     @app.exception_handler(ClosedError)
     async def _closed(request: Request, exc: ClosedError) -> JSONResponse:
-        return _error(503, "shutting_down", str(exc))
-
-    @app.exception_handler(EcomarineError)
-    async def _library_error(request: Request, exc: EcomarineError) -> JSONResponse:
-        status = 409 if isinstance(exc, GalleryError) else 422
-        return _error(status, type(exc).__name__, str(exc))
+        return error_response(503, "shutting_down", str(exc))
 
     # --- reading photos out of a request ---------------------------------------------------
 
@@ -243,7 +222,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
             boundary = _BOUNDARY.search(request.headers.get("content-type", ""))
             end = b"--" + boundary.group(1).encode("latin-1") + b"--" if boundary else None
             if end is None or not body.rstrip(b"\r\n").endswith(end):
-                raise UploadError(400, "truncated_multipart", "the multipart body is incomplete")
+                raise RequestError(400, "truncated_multipart", "the multipart body is incomplete")
             files: list[tuple[str, bytes]] = []
             fields: dict[str, str] = {}
             async with request.form(max_files=cfg.max_files, max_fields=32) as form:
@@ -259,7 +238,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
                     else:
                         fields[key] = str(value)[:256]
             if len(files) > cfg.max_files:
-                raise UploadError(
+                raise RequestError(
                     413, "too_many_files", f"at most {cfg.max_files} photos per request"
                 )
         elif many and ctype in _ZIP_TYPES:
@@ -273,12 +252,12 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
                 if many
                 else "an image body or multipart/form-data"
             )
-            raise UploadError(415, "unsupported_media_type", f"send {expected}")
+            raise RequestError(415, "unsupported_media_type", f"send {expected}")
         files = [(n, d) for n, d in files if d]
         if not files:
-            raise UploadError(400, "no_photos", "the request holds no photo")
+            raise RequestError(400, "no_photos", "the request holds no photo")
         if not many and len(files) != 1:
-            raise UploadError(400, "one_photo", "send exactly one photo (see /v1/predict-batch)")
+            raise RequestError(400, "one_photo", "send exactly one photo (see /v1/predict-batch)")
         return files, fields
 
     # --- endpoints -------------------------------------------------------------------------
@@ -337,9 +316,9 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
         ((name, data),) = files
         pred: Prediction = (await asyncio.wrap_future(batcher().predict([name], [data])))[0]
         if pred.rejection_reason == "unreadable_image":
-            raise UploadError(422, "unreadable_image", pred.error or "the photo cannot be read")
+            raise RequestError(422, "unreadable_image", pred.error or "the photo cannot be read")
         if pred.rejection_reason == "image_too_large":
-            raise UploadError(413, "image_too_large", pred.error or "the photo is too large")
+            raise RequestError(413, "image_too_large", pred.error or "the photo is too large")
         return pred.to_dict()
 
     @app.post(
@@ -377,8 +356,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
         """The photos of one sighting (one animal) -> the sighting's prediction."""
         files, fields = await photos_of(request, many=True)
         sid = fields.get("sighting_id") or "sighting"
-        if not _ID.match(sid):
-            raise UploadError(
+        if not SAFE_ID.match(sid):
+            raise RequestError(
                 400, "bad_id", "sighting_id: 1-128 characters, no control characters or slashes"
             )
         names = [n for n, _ in files]
@@ -390,7 +369,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
 
     def gallery_or_404() -> Gallery:
         if pipeline.gallery is None:
-            raise UploadError(404, "no_gallery", "this service was started without a gallery")
+            raise RequestError(404, "no_gallery", "this service was started without a gallery")
         return pipeline.gallery
 
     @app.get("/v1/individuals", tags=["gallery"], dependencies=v1, responses=_ERRORS)
@@ -412,7 +391,7 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
             for s in gallery_or_404().summaries():
                 if s.individual_id == individual_id:
                     return dataclasses.asdict(s)
-            raise UploadError(404, "unknown_individual", f"no individual {individual_id!r}")
+            raise RequestError(404, "unknown_individual", f"no individual {individual_id!r}")
 
         return await on_worker(one)  # type: ignore[no-any-return]
 
@@ -430,9 +409,11 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
         concurrent ``ecomarine gallery add`` never loses photos.
         """
         if cfg.gallery_dir is None:
-            raise UploadError(409, "read_only", "start the service with --gallery to enroll photos")
-        if not _ID.match(individual_id):
-            raise UploadError(
+            raise RequestError(
+                409, "read_only", "start the service with --gallery to enroll photos"
+            )
+        if not SAFE_ID.match(individual_id):
+            raise RequestError(
                 400, "bad_id", "individual id: 1-128 characters, no control characters or slashes"
             )
         files, fields = await photos_of(request, many=True)
