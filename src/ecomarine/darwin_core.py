@@ -41,7 +41,7 @@ from .errors import DataError
 from .exif import read_exif_event
 from .review._decisions import review_key
 from .species import CETACEA, lookup_species
-from .types import Prediction, SightingPrediction
+from .types import Prediction, SightingPrediction, rejection_text
 
 __all__ = [
     "LICENSES",
@@ -292,10 +292,7 @@ def _remarks(what: Prediction | SightingPrediction) -> str:
     if what.species is None and what.accepted:
         parts.append("species not determined (no evidence beyond Cetacea)")
     if what.rejection_reason:
-        looks = getattr(what, "looks_like", None)
-        parts.append(
-            f"rejected: {what.rejection_reason}" + (f" (looks like {looks})" if looks else "")
-        )
+        parts.append(rejection_text(what))
     return "; ".join(parts)
 
 

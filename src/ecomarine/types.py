@@ -28,6 +28,7 @@ __all__ = [
     "SightingPrediction",
     "as_candidate_source",
     "embedding_kind",
+    "rejection_text",
 ]
 
 #: ``"embedding"``: the trained (neck) embedding; ``"features"``: the backbone's general
@@ -481,3 +482,12 @@ class SightingPrediction:
             if isinstance(exc, DataError):
                 raise
             raise DataError(f"SightingPrediction: malformed value: {exc}") from exc
+
+
+def rejection_text(record: Prediction | SightingPrediction) -> str:
+    """``"rejected: <reason>"``, with what the gate thought the photo showed, when it said.
+
+    For a record with a ``rejection_reason`` (the CLI's verdict, Darwin Core remarks).
+    """
+    looks = getattr(record, "looks_like", None)  # photos only: sightings have no verdict of it
+    return f"rejected: {record.rejection_reason}" + (f" (looks like {looks})" if looks else "")

@@ -21,6 +21,7 @@ from ..types import (
     Prediction,
     SightingPrediction,
     embedding_kind,
+    rejection_text,
 )
 
 if TYPE_CHECKING:
@@ -182,8 +183,7 @@ def progress_callback(total: int, label: str) -> Iterator[Callable[[int], None]]
 def verdict(p: Prediction | SightingPrediction) -> str:
     """A short human verdict (the open-set decision, not the best guess)."""
     if p.rejection_reason:
-        looks = getattr(p, "looks_like", None)
-        return f"rejected: {p.rejection_reason}" + (f" (looks like {looks})" if looks else "")
+        return rejection_text(p)
     if p.is_new_individual:
         return "NEW individual"
     if p.individual_id:
@@ -292,6 +292,33 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 def fmt(x: float | None, digits: int = 3) -> str:
     """Format an optional float."""
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def check_gallery_dir(value: str | Path | None, advice: str = "") -> None:
+    """Refuse a ``--gallery`` that is given but holds no gallery, before anything loads.
+
+    Raises:
+        click.BadParameter: Naming the folder (and ``advice``, if any).
+    """
+    if value is not None and not (Path(value) / "gallery.json").is_file():
+        raise click.BadParameter(
+            f"{value}: not a gallery (no gallery.json){advice}", param_hint="--gallery"
+        )
+
+
+#: The ``--model`` and ``--gate`` of the commands that load a whole pipeline.
+pipeline_model_option = click.option(
+    "--model",
+    default="embedded",
+    show_default=True,
+    help='"embedded", a model/pipeline folder, or a Hub repo id.',
+)
+gate_override_option = click.option(
+    "--gate",
+    "gate_name",
+    default=None,
+    help='Gate override: "embedded", a folder, a repo id, or "none".',
+)
 
 
 def check_model(model: str) -> None:

@@ -15,13 +15,16 @@ from ._common import (
     FiniteFloatRange,
     InputFile,
     best_guess,
+    check_gallery_dir,
     check_model,
     expand_inputs,
     expand_named_inputs,
     fmt,
     gate_choice,
+    gate_override_option,
     outcome,
     overwrite_option,
+    pipeline_model_option,
     progress,
     refuse_existing,
     table,
@@ -46,18 +49,8 @@ if TYPE_CHECKING:
     type=click.Path(file_okay=False),
     help="Gallery folder of known individuals.",
 )
-@click.option(
-    "--model",
-    default="embedded",
-    show_default=True,
-    help='"embedded", a model/pipeline folder, or a Hub repo id.',
-)
-@click.option(
-    "--gate",
-    "gate_name",
-    default=None,
-    help='Gate override: "embedded", a folder, a repo id, or "none".',
-)
+@pipeline_model_option
+@gate_override_option
 @click.option(
     "--threshold",
     type=FiniteFloatRange(-1, 1),
@@ -194,10 +187,7 @@ def identify(
         "continue it with --resume, or pass --overwrite to replace it",
     )
     refuse_existing([dwca], overwrite)
-    if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
-        raise click.BadParameter(
-            f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
-        )
+    check_gallery_dir(gallery_dir)
     check_model(model)
     if threshold is not None and gallery_dir is None:
         raise click.BadParameter(
@@ -317,10 +307,7 @@ def _identify_on_ray(
     from ..distributed import done_paths, identify_dataset  # noqa: PLC0415
     from ..distributed import ray_init as init  # noqa: PLC0415
 
-    if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
-        raise click.BadParameter(
-            f"{gallery_dir}: not a gallery (no gallery.json)", param_hint="--gallery"
-        )
+    check_gallery_dir(gallery_dir)
     if output.exists() and not output.is_dir():
         raise click.BadParameter(f"{output}: exists and is not a folder", param_hint="--output")
     check_model(model)

@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from ._app import cli
-from ._common import check_model, gate_choice
+from ._common import (
+    check_gallery_dir,
+    check_model,
+    gate_choice,
+    gate_override_option,
+    pipeline_model_option,
+)
 
 
 def _read_token(path: Path) -> str:
@@ -25,24 +31,14 @@ def _read_token(path: Path) -> str:
 
 
 @cli.command()
-@click.option(
-    "--model",
-    default="embedded",
-    show_default=True,
-    help='"embedded", a model/pipeline folder, or a Hub repo id.',
-)
+@pipeline_model_option
 @click.option(
     "--gallery",
     "gallery_dir",
     type=click.Path(file_okay=False),
     help="Gallery folder: searched, and enrolled into by POST /v1/individuals/{id}/photos.",
 )
-@click.option(
-    "--gate",
-    "gate_name",
-    default=None,
-    help='Gate override: "embedded", a folder, a repo id, or "none".',
-)
+@gate_override_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
@@ -111,12 +107,7 @@ def serve(
             param_hint="--host",
         )
     token = None if token_file is None else _read_token(token_file)
-    if gallery_dir is not None and not (Path(gallery_dir) / "gallery.json").is_file():
-        raise click.BadParameter(
-            f"{gallery_dir}: not a gallery (no gallery.json); create one with "
-            "`ecomarine gallery build`",
-            param_hint="--gallery",
-        )
+    check_gallery_dir(gallery_dir, "; create one with `ecomarine gallery build`")
     check_model(model)
     config = ServeConfig(
         token=token,
