@@ -146,17 +146,22 @@ class EmbeddedBackend(nn.Module):
         pooled, logits = self.model.imagenet_outputs(x)
         return pooled.float(), logits.float()
 
-    def log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 1000)`` ImageNet log-probabilities."""
-        return torch.log_softmax(self.backbone_outputs(batch)[1], dim=1)
+    def _scores(self, logits: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        # ``x``: the head features (None without a head: the whale-class mass scores).
+        if self.head is None or x is None:
+            p = torch.softmax(logits, dim=1)
+            return p[:, GREY_WHALE] + p[:, KILLER_WHALE]
+        return torch.sigmoid(self.head(x).squeeze(1))
+
+    def _features(self, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        fitted = self.head if self.head is not None else self.kind_head
+        if fitted is None:
+            return None
+        return head_features(pooled, logits, self.features).to(fitted.weight.dtype)
 
     def scores_from_outputs(self, pooled: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Scores from :meth:`backbone_outputs` (lets a fitting script cache them)."""
-        if self.head is None:
-            p = torch.softmax(logits, dim=1)
-            return p[:, GREY_WHALE] + p[:, KILLER_WHALE]
-        x = head_features(pooled, logits, self.features).to(self.head.weight.dtype)
-        return torch.sigmoid(self.head(x).squeeze(1))
+        return self._scores(logits, self._features(pooled, logits))
 
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B,)`` scores in [0, 1]."""
@@ -169,10 +174,10 @@ class EmbeddedBackend(nn.Module):
         one, the most probable ImageNet kind (:func:`~ecomarine._imagenet_kinds.looks_like`).
         """
         pooled, logits = self.backbone_outputs(batch)
-        scores = self.scores_from_outputs(pooled, logits)
-        if self.kind_head is None:
+        x = self._features(pooled, logits)  # shared by both heads
+        scores = self._scores(logits, x)
+        if self.kind_head is None or x is None:
             return scores, looks_like(logits)
-        x = head_features(pooled, logits, self.features).to(self.kind_head.weight.dtype)
         best = self.kind_head(x).argmax(dim=1).tolist()
         return scores, [self.kind_names[i] for i in best]
 
