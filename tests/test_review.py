@@ -155,6 +155,12 @@ def test_decisions_apply_to_the_gallery_undo_conflicts_and_outside_changes(
     assert len(now) == len(before) + 3
     # A second reviewer who disagrees is recorded as a conflict, not applied.
     bob = session_for(season, decisions, "bob")
+    # Bob agreeing with alice's new individual is agreement, not a clash with its id.
+    agreed = bob.decide(b["item_id"], "new_individual", "whale-new-2")
+    assert not agreed.conflict
+    assert agreed.image_ids == ()  # alice's decision already added the photo
+    assert len(Gallery.load(season.gallery)) == len(before) + 3
+    bob.undo()
     d3 = bob.decide(a["item_id"], "not_cetacean", None)
     assert d3.conflict
     assert d3.image_ids == ()

@@ -129,13 +129,9 @@ class ReviewSession:
                 self._undo(d)
             others = [d for d in self.log.in_force() if d.item_id == item_id and not d.conflict]
             conflict = any(d.outcome != (action, individual_id) for d in others)
-            if action == "new_individual" and not conflict and self._known(individual_id):
-                raise RequestError(
-                    409, "id_taken", f"{individual_id!r} is already catalogued: confirm it instead"
-                )
             image_ids: list[str] = []
             if not conflict and action in ("confirm", "new_individual") and not others:
-                image_ids = self._enroll(item, str(individual_id))
+                image_ids = self._enroll(item, str(individual_id), new=action == "new_individual")
             return self.log.append(
                 item_id=item_id,
                 action=action,
@@ -163,16 +159,17 @@ class ReviewSession:
             item_id=decision.item_id, action="undo", reviewer=self.reviewer, undoes=decision.seq
         )
 
-    def _known(self, individual_id: str | None) -> bool:
-        fresh = Gallery.load(self.gallery_dir)
-        return individual_id in set(fresh.individuals())
-
-    def _enroll(self, item: ReviewItem, individual_id: str) -> list[str]:
+    def _enroll(self, item: ReviewItem, individual_id: str, *, new: bool) -> list[str]:
         paths = [self.photos.path(p["token"]) for p in item.photos if p["token"]]
         files = [p for p in paths if p is not None]
-        if not files:
-            return []
         with Gallery.update(self.gallery_dir) as gallery:
+            # Under the gallery's lock: another reviewer or process may have just created it.
+            if new and individual_id in set(gallery.individuals()):
+                raise RequestError(
+                    409, "id_taken", f"{individual_id!r} is already catalogued: confirm it instead"
+                )
+            if not files:
+                return []
             self.pipeline.attach_gallery(gallery)
             species = gallery.species_of(individual_id)
             return self.pipeline.enroll(
