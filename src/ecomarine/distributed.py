@@ -12,6 +12,7 @@ No scheduler is written here: Ray does the scheduling, retries and streaming.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -37,6 +38,27 @@ logger = logging.getLogger(__name__)
 FORMATS: Final = ("parquet", "jsonl")
 _BOOLS = {"is_cetacean", "is_new_individual"}
 _READ_CPUS = 0.5  # reading photos is I/O: a reading task reserves half a CPU
+
+
+def _actor_cpus(resources: dict[str, float], num_actors: int) -> float:
+    """CPUs per actor: the cluster's, less what the reading tasks keep, shared out.
+
+    Ray gives an actor one CPU (and one PyTorch thread) unless told otherwise; the reading
+    tasks must keep a little, or the actors would starve them.
+    """
+    spare = float(resources.get("CPU", 1)) - _READ_CPUS
+    return max(_READ_CPUS, spare / num_actors)
+
+
+def _use_threads(cpus: float) -> int:
+    """In an actor: PyTorch (and decoding) threads for the actor's CPUs."""
+    import torch  # noqa: PLC0415 - in the actor's process
+
+    threads = max(1, round(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 _NUMBERS = {"gate_score", "score", "species_score", "new_individual_threshold", "p_known", "alpha"}
 
 
@@ -115,15 +137,12 @@ def _read(batch: dict[str, Any]) -> dict[str, Any]:
 class _Predictor:
     """An actor: loads the pipeline (and gallery) once, predicts each batch it is given."""
 
-    def __init__(self, model: str, gallery: str | None, batch_size: int, threads: int) -> None:
-        import torch  # noqa: PLC0415 - in the actor's process
+    def __init__(self, model: str, gallery: str | None, batch_size: int, cpus: float) -> None:
+        from .pipeline import Pipeline  # noqa: PLC0415 - in the actor's process
 
-        from .pipeline import Pipeline  # noqa: PLC0415
-
-        torch.set_num_threads(max(1, threads))
+        self.threads = _use_threads(cpus)
         self.pipeline = Pipeline.from_pretrained(model, gallery=gallery)
         self.batch_size = batch_size
-        self.threads = max(1, threads)
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         import pyarrow as pa  # noqa: PLC0415
@@ -151,15 +170,9 @@ class _Predictor:
                     model_id=self.pipeline.identifier.config.name,
                 )
             else:
-                pred = _named(pred, path)
+                pred = dataclasses.replace(pred, source=path)
             rows.append({"path": path, **flat_record(pred)})
         return pa.Table.from_pylist(rows, schema=row_schema())
-
-
-def _named(pred: Prediction, path: str) -> Prediction:
-    import dataclasses  # noqa: PLC0415
-
-    return dataclasses.replace(pred, source=path)
 
 
 def identify_dataset(
@@ -225,10 +238,7 @@ def identify_dataset(
     if num_gpus_per_actor is None:
         num_gpus_per_actor = 1.0 if resources.get("GPU", 0) >= num_actors else 0.0
     if num_cpus_per_actor is None:
-        # Ray gives an actor one CPU (and one PyTorch thread) unless told otherwise; the
-        # reading tasks keep a little, or the actors would starve them.
-        spare = float(resources.get("CPU", 1)) - _READ_CPUS
-        num_cpus_per_actor = max(_READ_CPUS, spare / num_actors)
+        num_cpus_per_actor = _actor_cpus(resources, num_actors)
     read = ds.map_batches(_read, batch_size=batch_size, num_cpus=_READ_CPUS)
     rows = read.map_batches(
         _Predictor,
@@ -236,7 +246,7 @@ def identify_dataset(
             pipeline_dir,
             None if gallery_dir is None else str(gallery_dir),
             batch_size,
-            max(1, round(num_cpus_per_actor)),
+            num_cpus_per_actor,
         ),
         batch_size=batch_size,
         concurrency=num_actors,
@@ -255,16 +265,13 @@ def identify_dataset(
 class _Embedder:
     """An actor: loads the identifier once, embeds each batch of photos it is given."""
 
-    def __init__(self, model: str, kind: EmbeddingKind, batch_size: int, threads: int) -> None:
-        import torch  # noqa: PLC0415 - in the actor's process
+    def __init__(self, model: str, kind: EmbeddingKind, batch_size: int, cpus: float) -> None:
+        from .identifier import Identifier  # noqa: PLC0415 - in the actor's process
 
-        from .identifier import Identifier  # noqa: PLC0415
-
-        torch.set_num_threads(max(1, threads))
+        self.threads = _use_threads(cpus)
         self.identifier = Identifier.from_pretrained(model)
         self.kind = kind
         self.batch_size = batch_size
-        self.threads = max(1, threads)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .errors import InvalidImageError  # noqa: PLC0415
@@ -317,7 +324,7 @@ def embed_on_ray(
     if not paths:
         return np.zeros((0, 0), np.float32)
     ds = rt.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
-    cpus = max(_READ_CPUS, (float(rt.cluster_resources().get("CPU", 1)) - _READ_CPUS) / num_actors)
+    cpus = _actor_cpus(rt.cluster_resources(), num_actors)
 
     def read(batch: dict[str, Any]) -> dict[str, Any]:
         return {"index": list(batch["index"]), **_read(batch)}
@@ -326,7 +333,7 @@ def embed_on_ray(
         ds.map_batches(read, batch_size=batch_size, num_cpus=_READ_CPUS)
         .map_batches(
             _Embedder,
-            fn_constructor_args=(model, kind, batch_size, max(1, round(cpus))),
+            fn_constructor_args=(model, kind, batch_size, cpus),
             batch_size=batch_size,
             concurrency=num_actors,
             num_cpus=cpus,
