@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ._imagenet_kinds import KIND_NAMES
 from .config import PreprocessConfig
 from .errors import ConfigError
 
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_NEGATIVE_PROMPTS",
     "DEFAULT_POSITIVE_PROMPTS",
     "EMBEDDED_GATE_DIR",
+    "FEATURES",
     "GATE_CONFIG",
     "GATE_WEIGHTS",
     "GateBackend",
@@ -28,7 +30,9 @@ __all__ = [
 GATE_FORMAT_VERSION = 1
 GATE_CONFIG = "gate.json"
 GATE_WEIGHTS = "gate.safetensors"
-_FEATURES = ("kinds_pooled", "log_probs")
+_POOLED = 1280  # EfficientNet-Lite0's pooled features
+#: The embedded head's feature kinds (``GateConfig.features``) and their widths.
+FEATURES: dict[str, int] = {"log_probs": 1000, "kinds_pooled": len(KIND_NAMES) + _POOLED}
 EMBEDDED_GATE_DIR = Path(__file__).resolve().parent / "weights" / "gate-embedded"
 
 DEFAULT_POSITIVE_PROMPTS = (
@@ -114,8 +118,10 @@ class GateConfig:
             raise ConfigError(f"gate backend must be 'embedded' or 'clip', got {self.backend!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"gate threshold must be in [0, 1], got {self.threshold}")
-        if self.features not in _FEATURES:
-            raise ConfigError(f"gate features must be one of {_FEATURES}, got {self.features!r}")
+        if self.features not in FEATURES:
+            raise ConfigError(
+                f"gate features must be one of {sorted(FEATURES)}, got {self.features!r}"
+            )
         if self.backend == "clip" and (not self.positive_prompts or not self.negative_prompts):
             raise ConfigError("the CLIP gate needs positive and negative prompts")
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ._device import conv_layout
-from ._imagenet_kinds import KIND_NAMES, kind_log_masses, looks_like
+from ._gate_base import FEATURES
+from ._imagenet_kinds import kind_log_masses, looks_like
 from .embedded import imagenet_parts
 from .errors import ConfigError
 from .identifier import build_identifier
@@ -36,9 +37,6 @@ __all__ = [
 GREY_WHALE = 147
 KILLER_WHALE = 148
 _LOG_EPS = 1e-8
-_POOLED = 1280
-#: Head feature kind -> feature width.
-FEATURES: dict[str, int] = {"log_probs": 1000, "kinds_pooled": len(KIND_NAMES) + _POOLED}
 
 
 def head_features(pooled: torch.Tensor, logits: torch.Tensor, features: str) -> torch.Tensor:
