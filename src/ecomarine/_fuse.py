@@ -9,8 +9,10 @@ disagreement, or any failure to trace, leaves that shape on the eager path (logg
 ``ECOMARINE_FUSE=0`` switches the fused path off everywhere.
 
 ``ECOMARINE_BACKEND=onnxruntime`` (extra ``onnx``) builds ONNX Runtime sessions instead of
-frozen TorchScript graphs, exported from the same weights: on this project's CPU about
-2x eager PyTorch for the identifier. A session is checked against the eager module on a
+frozen TorchScript graphs, exported from the same weights: on this project's CPU the
+networks run 1.59x eager PyTorch (``benchmarks/speed.py --parts throughput``), but
+``predict_many`` is slower than on the TorchScript graphs, so it is not the default. A
+session is checked against the eager module on a
 fixed probe batch and on the batch that built it; if they disagree it is refused with an
 error (never a silent fallback), since the user asked for that backend.
 
