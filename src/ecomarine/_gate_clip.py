@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from . import hub
+from ._clip_tower import import_open_clip
 from ._gate_base import GateConfig
 from .config import PreprocessConfig
 from .errors import ConfigError, WeightsNotFoundError
@@ -29,11 +30,7 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _open_clip() -> Any:
-    try:
-        import open_clip  # noqa: PLC0415 - optional dependency
-    except ImportError as exc:
-        raise ConfigError("the CLIP gate needs open_clip: pip install 'ecomarine[clip]'") from exc
-    return open_clip
+    return import_open_clip("the CLIP gate")
 
 
 @contextlib.contextmanager

@@ -56,10 +56,30 @@ MAX_CLASSES: Final = 100_000
 # the network or the file system from a config file).
 _TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,127}$")
 
-_POOLINGS = ("gem", "avg")
-_NECKS = ("bn", "linear", "none")
+_POOLINGS = ("gem", "avg", "backbone")
+_NECKS = ("bn", "linear", "batchnorm", "none")
 _HEADS = ("arcface", "subcenter")
-_RESIZES = ("squash", "letterbox")
+_RESIZES = ("squash", "letterbox", "crop")
+#: Where a backbone's code comes from: timm, or open_clip's image tower.
+FAMILIES: Final = ("timm", "open_clip")
+# Arguments a config may not pass to the network's constructor: they reach files or the
+# network (pretrained weights, caches) or are set by the identifier itself.
+_FORBIDDEN_BACKBONE_ARGS: Final = frozenset(
+    {
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "checkpoint_path",
+        "cache_dir",
+        "features_only",
+        "num_classes",
+        "scriptable",
+        "exportable",
+        "no_jit",
+    }
+)
+_MAX_ARG_ITEMS: Final = 256
+_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -94,8 +114,13 @@ class PreprocessConfig:
         mean: Per-channel mean (RGB, in [0, 1]).
         std: Per-channel standard deviation.
         interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
-        resize: ``"squash"`` (resize to exactly ``input_size``) or ``"letterbox"``
-            (keep the aspect ratio and pad with the mean colour).
+        resize: ``"squash"`` (resize to exactly ``input_size``), ``"letterbox"``
+            (keep the aspect ratio and pad with the mean colour) or ``"crop"`` (timm's and
+            open_clip's evaluation transform: resize the shorter side, keeping the aspect
+            ratio, to cover ``input_size / crop_pct``, then crop the centre).
+        crop_pct: Share of the resized image the centre crop keeps (``"squash"`` and
+            ``"crop"``; 1.0: none is cut away beyond the aspect ratio). A ``"squash"`` with
+            ``crop_pct < 1`` is timm's ``crop_mode="squash"``.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -103,6 +128,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     resize: str = "squash"
+    crop_pct: float = 1.0
 
     def __post_init__(self) -> None:
         where = "preprocess"
@@ -128,6 +154,21 @@ class PreprocessConfig:
             raise _fail(where, f"interpolation must be one of {_INTERPOLATIONS}")
         if self.resize not in _RESIZES:
             raise _fail(where, f"resize must be one of {_RESIZES}")
+        if (
+            isinstance(self.crop_pct, bool)
+            or not isinstance(self.crop_pct, int | float)
+            or not (math.isfinite(self.crop_pct) and 0.1 <= self.crop_pct <= 1.0)
+        ):
+            raise _fail(where, f"crop_pct must be a number in [0.1, 1], got {self.crop_pct!r}")
+        if self.resize == "letterbox" and self.crop_pct != 1.0:
+            raise _fail(where, "crop_pct must be 1 with resize='letterbox'")
+
+    def scaled_size(self) -> tuple[int, int]:
+        """``(height, width)`` the photo is resized to before the centre crop."""
+        return (
+            math.floor(self.height / self.crop_pct),
+            math.floor(self.width / self.crop_pct),
+        )
 
     @property
     def height(self) -> int:
@@ -147,6 +188,8 @@ class PreprocessConfig:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "resize": self.resize,
+            # Written only when cropping, so that earlier files and fingerprints are unchanged.
+            **({"crop_pct": self.crop_pct} if self.crop_pct != 1.0 else {}),
         }
 
     @classmethod
@@ -161,6 +204,8 @@ class PreprocessConfig:
         for key in ("interpolation", "resize"):
             if key in data:
                 kwargs[key] = _get(data, key, str, where)
+        if "crop_pct" in data:
+            kwargs["crop_pct"] = float(_get(data, "crop_pct", (int, float), where))
         return cls(**kwargs)
 
 
@@ -222,9 +267,13 @@ class IdentifierConfig:
     """Architecture, preprocessing and thresholds of an identifier.
 
     Attributes:
-        backbone: Any timm model name.
-        pooling: ``"gem"`` (learnable generalised mean) or ``"avg"``.
-        neck: ``"bn"`` (Linear + BatchNorm1d), ``"linear"`` or ``"none"``.
+        backbone: Any timm model name (for ``family="open_clip"``: the open_clip model
+            name, for messages only; ``backbone_args`` defines the tower).
+        pooling: ``"gem"`` (learnable generalised mean), ``"avg"``, or ``"backbone"`` (the
+            network's own pooling: timm's ``forward_head(pre_logits=True)``, e.g. a ViT's
+            class token or a Swin's average; an open_clip tower's projected output).
+        neck: ``"bn"`` (Linear + BatchNorm1d), ``"linear"``, ``"batchnorm"`` (BatchNorm1d
+            alone, MiewID's) or ``"none"``.
         embedding_size: Output size of the neck (ignored when ``neck == "none"``).
         head: The ArcFace head, or ``None`` for an embedding-only model.
         preprocess: Input size, normalisation and resize policy.
@@ -248,6 +297,17 @@ class IdentifierConfig:
             backbone -> pooling -> neck of this architecture; the identifier's vectors
             concatenate the members' unit-norm vectors (see
             :func:`ecomarine.ensemble.ensemble_identifiers`).
+        family: Where the backbone's code comes from: ``"timm"`` or ``"open_clip"`` (an
+            open_clip image tower, needs the ``clip`` extra).
+        backbone_args: Arguments the backbone is built with (timm's ``model_args``, e.g.
+            widths of a variant; for open_clip ``embed_dim``, ``vision_cfg`` and
+            ``quick_gelu``). Plain JSON values; arguments that reach files or the network
+            are refused.
+        license: Licence of the weights (an SPDX-like id, e.g. ``"cc-by-nc-4.0"``), as
+            their publisher states it; printed at load, written into model cards and
+            Darwin Core metadata.
+        source: Where the weights were imported from (e.g.
+            ``"hf-hub:BVRA/MegaDescriptor-T-224"``).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -264,9 +324,20 @@ class IdentifierConfig:
     sighting_thresholds: Mapping[EmbeddingKind, float] = field(default_factory=dict)
     uncertainty: UncertaintyCalibration | None = None
     sighting_uncertainty: UncertaintyCalibration | None = None
+    family: str = "timm"
+    backbone_args: Mapping[str, Any] = field(default_factory=dict)
+    license: str | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         where = "config"
+        if self.family not in FAMILIES:
+            raise _fail(where, f"family must be one of {FAMILIES}, got {self.family!r}")
+        object.__setattr__(self, "backbone_args", _checked_args(self.backbone_args, where))
+        for key in ("license", "source"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 300):
+                raise _fail(where, f"{key} must be a short string or null")
         if self.sighting_aggregation is not None:
             try:
                 check_set_aggregation(self.sighting_aggregation)
@@ -332,6 +403,11 @@ class IdentifierConfig:
         }
         if self.members != 1:
             out["members"] = self.members
+        # Only when not the defaults, so that earlier fingerprints stay valid.
+        if self.family != "timm":
+            out["family"] = self.family
+        if self.backbone_args:
+            out["backbone_args"] = dict(self.backbone_args)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,6 +436,13 @@ class IdentifierConfig:
             out["uncertainty"] = self.uncertainty.to_dict()
         if self.sighting_uncertainty is not None:
             out["sighting_uncertainty"] = self.sighting_uncertainty.to_dict()
+        if self.family != "timm":
+            out["family"] = self.family
+        if self.backbone_args:
+            out["backbone_args"] = dict(self.backbone_args)
+        for key in ("license", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
@@ -411,6 +494,7 @@ class IdentifierConfig:
             "backbone_num_classes": int,
             "name": str,
             "members": int,
+            "family": str,
         }
         for key, kind in simple.items():
             if key in body:
@@ -426,6 +510,11 @@ class IdentifierConfig:
             kwargs["sighting_uncertainty"] = UncertaintyCalibration.from_dict(
                 raw_sighting_uncertainty, f"{where}: sighting_uncertainty"
             )
+        for key in ("license", "source"):
+            if body.get(key) is not None:
+                kwargs[key] = _get(body, key, str, where)
+        if body.get("backbone_args") is not None:
+            kwargs["backbone_args"] = _get(body, "backbone_args", Mapping, where)
         if body.get("head") is not None:
             kwargs["head"] = HeadConfig.from_dict(body["head"])
         if "preprocess" in body:
@@ -448,6 +537,43 @@ def _checked_thresholds(values: Mapping[Any, Any], where: str) -> dict[Embedding
             raise _fail(where, f"threshold for {kind!r} must be a cosine in [-1, 1], got {value!r}")
         thresholds[kind] = float(value)
     return {k: thresholds[k] for k in EMBEDDING_KINDS if k in thresholds}
+
+
+def _checked_args(args: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """Backbone constructor arguments: plain JSON values, bounded, none that reach files."""
+    if not isinstance(args, Mapping):
+        raise _fail(where, "backbone_args must be an object")
+    count = 0
+
+    def plain(value: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > _MAX_ARG_ITEMS or depth > 4:
+            raise _fail(where, "backbone_args is too large or too deeply nested")
+        if value is None or isinstance(value, bool | str):
+            if isinstance(value, str) and len(value) > 200:
+                raise _fail(where, "backbone_args holds an over-long string")
+            return value
+        if isinstance(value, int | float):
+            if not math.isfinite(value) or abs(value) > 1e9:
+                raise _fail(where, f"backbone_args holds an out-of-range number {value!r}")
+            return value
+        if isinstance(value, list | tuple):
+            return [plain(v, depth + 1) for v in value]
+        if isinstance(value, Mapping):
+            return {_arg_key(k): plain(v, depth + 1) for k, v in value.items()}
+        raise _fail(where, f"backbone_args holds a {type(value).__name__}; only JSON values")
+
+    def _arg_key(key: Any) -> str:
+        if not isinstance(key, str) or not _ARG_KEY.match(key):
+            raise _fail(where, f"backbone_args key {str(key)[:40]!r} is not a plain name")
+        return key
+
+    out = {_arg_key(k): plain(v, 1) for k, v in args.items()}
+    forbidden = sorted(set(out) & _FORBIDDEN_BACKBONE_ARGS)
+    if forbidden:
+        raise _fail(where, f"backbone_args may not set {forbidden}")
+    return out
 
 
 #: Largest JSON config (``config.json``, ``labels.json``, ``gate.json``) read.

@@ -855,7 +855,13 @@ def write_dwca(
     package = hashlib.sha256("".join(o["occurrenceID"] for o in occurrences).encode()).hexdigest()[
         :16
     ]
-    models = sorted({p.model_id for p in preds if p.model_id})
+    models = sorted(
+        {
+            p.model_id + (f" (weights licensed {p.model_license})" if p.model_license else "")
+            for p in preds
+            if p.model_id
+        }
+    )
     target = Path(path)
     with (
         atomic_write(target) as fh,

@@ -168,6 +168,7 @@ class _Predictor:
                     rejection_reason="unreadable_image",
                     error=str(batch["error"][i]),
                     model_id=self.pipeline.identifier.config.name,
+                    model_license=self.pipeline.identifier.config.license,
                 )
             else:
                 pred = dataclasses.replace(pred, source=path)

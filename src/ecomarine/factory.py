@@ -12,19 +12,25 @@ Sources (see :func:`ecomarine._pretrained.resolve_source`):
 * ``"embedded"`` / ``"embedded-imagenet"``: the weights bundled with the package;
 * a folder or Hub repository in the ecomarine format (``config.json``,
   ``model.safetensors``, ``labels.json``; ``gate.json``, ``gate.safetensors``);
-* a folder or Hub repository in the legacy EcoMarineAI layout (:mod:`ecomarine.legacy`).
+* a folder or Hub repository in the legacy EcoMarineAI layout (:mod:`ecomarine.legacy`);
+* a folder or Hub repository published by timm (MegaDescriptor, DINOv2), MiewID or
+  open_clip (:mod:`ecomarine._hub_layouts`, the documented ones in :mod:`ecomarine.zoo`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load as load_safetensors_bytes
-from torch import Tensor
-
 from . import hub
-from ._files import read_regular
+from ._checkpoints import read_safetensors
 from ._gate_base import EMBEDDED_GATE_DIR, GATE_CONFIG, GATE_WEIGHTS, GateConfig
+from ._hub_layouts import (
+    OPEN_CLIP_CONFIG,
+    config_layout,
+    read_miewid,
+    read_open_clip,
+    read_timm_hub,
+)
 from ._parts import GateParts, IdentifierParts
 from ._pretrained import Bundled, Source
 from .config import IdentifierConfig, PreprocessConfig, read_json
@@ -46,8 +52,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LABELS_NAME = "labels.json"
 CARD_NAME = "README.md"
-#: Largest weights file read (the largest published re-identification models are ~1 GB).
-MAX_WEIGHTS_BYTES = 16 * 1024**3
 #: Threshold of the unfitted embedded gate (grey-whale + killer-whale class mass).
 CLASS_MASS_THRESHOLD = 0.05
 
@@ -57,8 +61,8 @@ def identifier_parts(source: Source, *, allow_pickle: bool = False) -> Identifie
 
     Args:
         source: A bundled name or a folder / Hub location.
-        allow_pickle: Let the legacy import unpickle arbitrary objects (only for files
-            you trust).
+        allow_pickle: Let a torch checkpoint (legacy, timm or open_clip ``.bin``) unpickle
+            arbitrary objects (only for files you trust).
 
     Raises:
         WeightsNotFoundError: Missing files, or an offline cache miss.
@@ -72,8 +76,16 @@ def identifier_parts(source: Source, *, allow_pickle: bool = False) -> Identifie
         source = hub.HubLocation(local_dir=folder)
     config_path = hub.fetch_file(source, CONFIG_NAME, required=False)
     if config_path is None:
+        if hub.fetch_file(source, OPEN_CLIP_CONFIG, required=False) is not None:
+            return read_open_clip(source, allow_pickle=allow_pickle)
         return read_legacy(source, allow_pickle=allow_pickle)
-    config = IdentifierConfig.from_dict(read_json(config_path), where=str(config_path))
+    data = read_json(config_path)
+    layout = config_layout(data)
+    if layout == "timm":
+        return read_timm_hub(source, data, allow_pickle=allow_pickle)
+    if layout == "miewid":
+        return read_miewid(source, data, allow_pickle=allow_pickle)
+    config = IdentifierConfig.from_dict(data, where=str(config_path))
     labels_path = hub.fetch_file(source, LABELS_NAME, required=config.head is not None)
     ids: tuple[str, ...] = ()
     species: dict[str, str] = {}
@@ -105,23 +117,6 @@ def gate_parts(source: Source) -> GateParts:
     weights_path = hub.require_file(source, GATE_WEIGHTS)
     config = GateConfig.from_dict(read_json(config_path), where=str(config_path))
     return GateParts(config, read_safetensors(weights_path), source, str(weights_path))
-
-
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """The tensors of a safetensors file (never unpickles).
-
-    Only a regular file of at most :data:`MAX_WEIGHTS_BYTES` is read.
-
-    Raises:
-        ConfigError: A missing, special, oversized, unreadable or malformed file.
-    """
-    data = read_regular(
-        path, lambda why: ConfigError(f"{path}: {why}"), max_bytes=MAX_WEIGHTS_BYTES
-    )
-    try:
-        return dict(load_safetensors_bytes(data))
-    except Exception as exc:  # safetensors raises its own error types on bad headers
-        raise ConfigError(f"{path}: unreadable safetensors file ({exc})") from exc
 
 
 def _read_labels(path: Path) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -38,6 +38,7 @@ from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct, build_head
 from .io import ImageSource
 from .transforms import default_workers, load_batch
 from .types import EMBEDDING_KINDS, EmbeddingKind, Match
+from .zoo import non_commercial
 
 __all__ = [
     "CARD_NAME",
@@ -181,7 +182,7 @@ class Identifier(PretrainedMixin, nn.Module):
 
     def _member_features(self, x: Tensor) -> list[Tensor]:
         # One backbone pass per network; the raw pooled features each neck reads.
-        return [pool(bb.forward_features(x)) for bb, pool, _ in self._members()]
+        return [_pool_member(bb, pool, x) for bb, pool, _ in self._members()]
 
     def _member_embeddings(self, features: list[Tensor]) -> list[Tensor]:
         return [neck(f) for (_, _, neck), f in zip(self._members(), features, strict=True)]
@@ -451,6 +452,7 @@ class Identifier(PretrainedMixin, nn.Module):
     @classmethod
     def _from_source(cls, request: LoadRequest, *, allow_pickle: bool = False) -> Identifier:
         model = build_identifier(identifier_parts(request.source(), allow_pickle=allow_pickle))
+        announce_license(model.config)
         return model.to(resolve_device(request.device)).eval()
 
     # --- ensembles: the weight layout ---------------------------------------------------
@@ -563,27 +565,66 @@ def _as_list(images: Sequence[ImageSource] | ImageSource) -> list[ImageSource]:
     return list(images)
 
 
-def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, int, int]:
-    """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
-    backbone: Any
+def announce_license(config: IdentifierConfig) -> None:
+    """Say the licence of imported weights at load (a warning when non-commercial)."""
+    if config.license is None:
+        return
+    where = config.source or config.name
+    if non_commercial(config.license):
+        logger.warning(
+            "model %s: weights licensed %s: non-commercial use only", where, config.license
+        )
+    else:
+        logger.info("model %s: weights licensed %s", where, config.license)
+
+
+def _build_backbone(config: IdentifierConfig) -> Any:
+    if config.family == "open_clip":
+        from ._clip_tower import ClipTower  # noqa: PLC0415 - optional dependency
+
+        return ClipTower(config.backbone_args)
     # Checked here, not by catching timm's errors: a failure inside a known model (out of
     # memory, say) must not be reported as an unknown name.
     if not timm.is_model(config.backbone):
         raise ConfigError(f"unknown timm backbone {config.backbone!r}")
-    backbone = timm.create_model(
-        config.backbone, pretrained=False, num_classes=config.backbone_num_classes
-    )
+    try:
+        return timm.create_model(
+            config.backbone,
+            pretrained=False,
+            num_classes=config.backbone_num_classes,
+            **dict(config.backbone_args),
+        )
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(
+            f"timm cannot build {config.backbone!r} with {config.backbone_args}: {exc}"
+        ) from exc
+
+
+def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, int, int]:
+    """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
+    backbone = _build_backbone(config)
     features = int(backbone.num_features)
-    pool: nn.Module = GeM() if config.pooling == "gem" else _AvgPool()
+    pool: nn.Module = {"gem": GeM, "avg": _AvgPool, "backbone": _OwnPooling}[config.pooling]()
     size = config.embedding_size
     neck: nn.Module
     if config.neck == "bn":
         neck = nn.Sequential(nn.Linear(features, size), nn.BatchNorm1d(size))
     elif config.neck == "linear":
         neck = nn.Linear(features, size)
+    elif config.neck == "batchnorm":
+        neck, size = nn.BatchNorm1d(features), features
     else:
         neck, size = nn.Identity(), features
     return backbone, pool, neck, features, size
+
+
+def _pool_member(backbone: Any, pool: nn.Module, x: Tensor) -> Tensor:
+    """One network's pooled features: its own pooling, or ecomarine's over its feature map."""
+    if isinstance(pool, _OwnPooling):
+        out: Tensor = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+        return out
+    pooled: Tensor = pool(backbone.forward_features(x))
+    return pooled
 
 
 class _Member(nn.Module):
@@ -615,3 +656,10 @@ def _concat_unit(parts: list[Tensor]) -> Tensor:
 class _AvgPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.mean(dim=(2, 3))
+
+
+class _OwnPooling(nn.Module):
+    """Marks a network that pools itself (``pooling="backbone"``); see :func:`_pool_member`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x

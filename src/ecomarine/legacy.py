@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import csv
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from . import hub
+from ._checkpoints import PICKLE_HINT, load_torch_state
 from ._parts import IdentifierParts
 from .config import HeadConfig, IdentifierConfig, PreprocessConfig
 from .errors import ConfigError, DataError, UnsafeFileError, WeightsNotFoundError
 
-__all__ = ["CHECKPOINT_NAME", "CLASSES_NAME", "SPECIES_NAME", "convert_legacy", "read_legacy"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CLASSES_NAME",
+    "SPECIES_NAME",
+    "convert_legacy",
+    "read_legacy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +47,6 @@ CLASSES_NAME = "encoder_classes.npy"
 SPECIES_NAME = "species_map.csv"
 LEGACY_BACKBONE = "efficientnet_b4"
 LEGACY_INPUT = (512, 512)
-_PICKLE_HINT = (
-    "pass allow_pickle=True only if you trust this file: unpickling can execute arbitrary code"
-)
 # Keys of the backbone's own ImageNet classifier: unused by the embedding, dropped.
 _DROPPED_PREFIXES = ("model.classifier.",)
 
@@ -71,28 +73,10 @@ def read_legacy(location: hub.HubLocation, *, allow_pickle: bool = False) -> Ide
         )
     classes = hub.require_file(location, CLASSES_NAME)
     species_path = hub.fetch_file(location, SPECIES_NAME, required=False)
-    state = _load_checkpoint(ckpt, allow_pickle)
+    state = load_torch_state(ckpt, allow_pickle)
     labels = _load_classes(classes, allow_pickle)
     species = _load_species(species_path) if species_path is not None else {}
     return convert_legacy(state, labels, species, where=str(ckpt))
-
-
-def _load_checkpoint(path: Path, allow_pickle: bool) -> dict[str, Tensor]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"{path}: the checkpoint holds pickled Python objects beyond tensors; {_PICKLE_HINT}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-    state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"{path}: expected a state dict (or {{'state_dict': ...}})")
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise ConfigError(f"{path}: non-tensor entries in the state dict: {bad[:10]}")
-    return dict(state)
 
 
 def _load_classes(path: Path, allow_pickle: bool) -> list[str]:
@@ -101,7 +85,7 @@ def _load_classes(path: Path, allow_pickle: bool) -> list[str]:
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise UnsafeFileError(
-                f"{path}: an object array needs unpickling; {_PICKLE_HINT}"
+                f"{path}: an object array needs unpickling; {PICKLE_HINT}"
             ) from exc
         raise ConfigError(f"{path}: unreadable .npy file ({exc})") from exc
     except (OSError, EOFError) as exc:

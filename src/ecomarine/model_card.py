@@ -29,8 +29,15 @@ def identifier_card(model: Identifier, *, extra: str = "") -> str:
         if model.head is None
         else f"{cfg.head.type if cfg.head else ''} over {len(model.labels)} individuals"
     )
+    provenance = []
+    if cfg.license or cfg.source:
+        provenance = [
+            f"- weights: imported from `{cfg.source or 'unknown'}`, licensed "
+            f"`{cfg.license or 'not stated'}` (the publisher's terms apply to this copy)"
+        ]
     lines = [
         "---",
+        *([f"license: {cfg.license}"] if cfg.license else []),
         "library_name: ecomarine",
         "tags:",
         "- ecomarine",
@@ -58,6 +65,7 @@ def identifier_card(model: Identifier, *, extra: str = "") -> str:
         f"mean {list(pp.mean)}, std {list(pp.std)}",
         f"- new-individual threshold: {cfg.threshold_for('embedding')} (embedding), "
         f"{cfg.threshold_for('features')} (features)",
+        *provenance,
         "",
         f"Written by ecomarine {__version__}.",
         "",

@@ -477,6 +477,7 @@ class Pipeline(PretrainedMixin):
                         for ind, ev in ans.evidence.items()
                     },
                     model_id=self.identifier.config.name,
+                    model_license=self.identifier.config.license,
                     **extra,
                 )
         elif voting:
@@ -489,6 +490,7 @@ class Pipeline(PretrainedMixin):
                 photos=tuple(photos[i]),
                 rejection_reason="no_accepted_photo" if photos[i] else "empty_sighting",
                 model_id=self.identifier.config.name,
+                model_license=self.identifier.config.license,
             )
             for i in range(len(ids))
         ]
@@ -519,6 +521,7 @@ class Pipeline(PretrainedMixin):
             photos=tuple(photos),
             candidate_source="head" if cands else None,
             model_id=self.identifier.config.name,
+            model_license=self.identifier.config.license,
         )
 
     def _stream(
@@ -646,7 +649,11 @@ class Pipeline(PretrainedMixin):
     def _prediction(self, item: _Item, **fields: Any) -> Prediction:
         """The one place a :class:`Prediction` is made: the photo's own fields, plus ``fields``."""
         return Prediction(
-            source=item.source, sha256=item.sha256, model_id=self.identifier.config.name, **fields
+            source=item.source,
+            sha256=item.sha256,
+            model_id=self.identifier.config.name,
+            model_license=self.identifier.config.license,
+            **fields,
         )
 
     @property

@@ -68,6 +68,7 @@ CSV_COLUMNS: Final = (
     "error",
     "sha256",
     "model_id",
+    "model_license",
 )
 _BOOLS = ("is_cetacean", "is_new_individual")
 _NUMBERS = ("gate_score", "species_score", "new_individual_threshold", "p_known", "alpha")
@@ -94,6 +95,7 @@ SIGHTING_CSV_COLUMNS: Final = (
     "photos",
     "evidence",
     "model_id",
+    "model_license",
 )
 _DERIVED = ("best_match", "score", "n_photos", "n_accepted")
 _JSON_CELLS = ("candidates", "photos", "evidence", "candidate_set")

@@ -70,13 +70,15 @@ def resize(img: Image.Image, pp: PreprocessConfig) -> Image.Image:
     """
     size = (pp.width, pp.height)
     resample = _RESAMPLE[pp.interpolation]
-    inner = _inner_size(img.width, img.height, pp)
+    inner, (left, top) = _layout(img.width, img.height, pp)
     # reducing_gap: Pillow first shrinks by an integer factor (fast box filter).
     resized = img.resize(inner, resample, reducing_gap=float(REDUCING_GAP))
     if inner == size:
         return resized
+    if pp.resize != "letterbox":
+        return resized.crop((left, top, left + pp.width, top + pp.height))
     canvas = Image.new("RGB", size, _fill(pp))
-    canvas.paste(resized, ((pp.width - inner[0]) // 2, (pp.height - inner[1]) // 2))
+    canvas.paste(resized, (left, top))
     return canvas
 
 
@@ -85,18 +87,38 @@ def _fill(pp: PreprocessConfig) -> tuple[int, int, int]:
     return r, g, b
 
 
-def _inner_size(width: int, height: int, pp: PreprocessConfig) -> tuple[int, int]:
-    """``(width, height)`` of the resized photo inside the input (letterbox keeps aspect)."""
+def _layout(
+    width: int, height: int, pp: PreprocessConfig
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(width, height)`` the photo is resized to, and where the input window lies.
+
+    For ``"letterbox"`` the offset is where the photo is pasted on the input; for
+    ``"squash"`` and ``"crop"`` it is the corner of the centre crop in the resized photo
+    (torchvision's ``CenterCrop`` rounding, as timm and open_clip use it).
+    """
+    if pp.resize == "letterbox":
+        scale = min(pp.width / width, pp.height / height)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        return (w, h), ((pp.width - w) // 2, (pp.height - h) // 2)
+    sh, sw = pp.scaled_size()
     if pp.resize == "squash":
-        return pp.width, pp.height
-    scale = min(pp.width / width, pp.height / height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+        w, h = sw, sh
+    elif sh == sw:
+        # torchvision's Resize(int): the shorter side to the size, the longer truncated.
+        short, long_ = min(width, height), max(width, height)
+        other = max(sh, int(sh * long_ / short))
+        w, h = (sw, other) if width <= height else (other, sh)
+    else:
+        scale = max(sw / width, sh / height)
+        w, h = max(sw, round(width * scale)), max(sh, round(height * scale))
+    return (w, h), (round((w - pp.width) / 2.0), round((h - pp.height) / 2.0))
 
 
 def decode_size(configs: Iterable[PreprocessConfig]) -> tuple[int, int]:
     """``(width, height)`` that decoded pixels must cover to serve every input size."""
-    sizes = list(configs)
-    return max(p.width for p in sizes), max(p.height for p in sizes)
+    # Before a centre crop the photo is resized larger than the input (crop_pct < 1).
+    sizes = [p.scaled_size() for p in configs]
+    return max(w for _, w in sizes), max(h for h, _ in sizes)
 
 
 def load_pixels(
@@ -133,12 +155,12 @@ def resize_pixels(pixels: np.ndarray[Any, Any], pp: PreprocessConfig) -> torch.T
     """Resize ``(H, W, 3)`` uint8 pixels to the input size: an ``(h, w, 3)`` uint8 tensor.
 
     Antialiased like Pillow (see the module docstring); ``"letterbox"`` pads with the
-    mean colour. Runs on the CPU, one photo at a time, so that decode threads can share
+    mean colour, ``"crop"`` (and ``"squash"`` with ``crop_pct < 1``) cuts the centre. Runs on the CPU, one photo at a time, so that decode threads can share
     the work (PyTorch releases the GIL).
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
-    w, h = _inner_size(pixels.shape[1], pixels.shape[0], pp)
+    (w, h), (left, top) = _layout(pixels.shape[1], pixels.shape[0], pp)
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     if (h, w) != tuple(x.shape[-2:]):
         mode = _TORCH_MODE[pp.interpolation]
@@ -149,9 +171,10 @@ def resize_pixels(pixels: np.ndarray[Any, Any], pp: PreprocessConfig) -> torch.T
     inner = x[0].permute(1, 2, 0)
     if (h, w) == (pp.height, pp.width):
         return inner.contiguous()
+    if pp.resize != "letterbox":
+        return inner[top : top + pp.height, left : left + pp.width].contiguous()
     out = torch.empty((pp.height, pp.width, 3), dtype=torch.uint8)
     out[:] = torch.tensor(_fill(pp), dtype=torch.uint8)
-    top, left = (pp.height - h) // 2, (pp.width - w) // 2
     out[top : top + h, left : left + w] = inner
     return out
 

@@ -189,6 +189,8 @@ class Prediction:
         alpha: The set's miscoverage.
         looks_like: For a ``not_cetacean`` rejection, what the gate thinks the photo shows
             instead (see :attr:`GateResult.looks_like`).
+        model_license: Licence of the model's weights, when its publisher states one
+            (e.g. ``"cc-by-nc-4.0"``); Darwin Core metadata names it.
     """
 
     source: str | None
@@ -209,6 +211,7 @@ class Prediction:
     candidate_set: tuple[str, ...] | None = None
     alpha: float | None = None
     looks_like: str | None = None
+    model_license: str | None = None
 
     def __post_init__(self) -> None:
         if self.candidate_set is not None:
@@ -280,6 +283,7 @@ class Prediction:
                 candidate_set=_str_tuple(data.get("candidate_set"), "candidate_set"),
                 alpha=opt_float("alpha"),
                 looks_like=opt_str("looks_like"),
+                model_license=opt_str("model_license"),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):
@@ -366,6 +370,7 @@ class SightingPrediction:
         candidate_set: Conformal set holding the true answer with probability at least
             ``1 - alpha`` (see :class:`Prediction`).
         alpha: The set's miscoverage.
+        model_license: Licence of the model's weights (see :class:`Prediction`).
     """
 
     sighting_id: str
@@ -384,6 +389,7 @@ class SightingPrediction:
     p_known: float | None = None
     candidate_set: tuple[str, ...] | None = None
     alpha: float | None = None
+    model_license: str | None = None
 
     def __post_init__(self) -> None:
         if self.candidate_set is not None:
@@ -432,6 +438,7 @@ class SightingPrediction:
             "p_known": _finite_or_none(self.p_known),
             "candidate_set": None if self.candidate_set is None else list(self.candidate_set),
             "alpha": self.alpha,
+            "model_license": self.model_license,
         }
 
     @classmethod
@@ -477,6 +484,7 @@ class SightingPrediction:
                 p_known=None if opt("p_known") is None else float(opt("p_known")),
                 candidate_set=_str_tuple(opt("candidate_set"), "candidate_set"),
                 alpha=None if opt("alpha") is None else float(opt("alpha")),
+                model_license=None if opt("model_license") is None else str(opt("model_license")),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, DataError):
