@@ -34,3 +34,15 @@ def test_readme_setup_commands() -> None:
         'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/python -m pytest'
         in ci
     )
+
+
+def test_models_page_lists_every_known_source() -> None:
+    from ecomarine.zoo import KNOWN_MODELS
+
+    page = (REPO / "docs" / "models.md").read_text()
+    for model in KNOWN_MODELS:
+        if model.repo_id is not None:
+            assert f"`{model.source}`" in page, model.source
+            row = next(line for line in page.splitlines() if f"`{model.source}`" in line)
+            side = model.input_size[0]
+            assert f"{side} \N{MULTIPLICATION SIGN} {side}" in row, model.source

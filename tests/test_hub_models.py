@@ -362,3 +362,43 @@ def test_offline_cache_miss_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError, match="offline"):
         Identifier.from_pretrained("hf-hub:BVRA/MegaDescriptor-L-384", cache_dir=tmp_path)
+
+
+def test_hub_model_in_the_pipeline_and_darwin_core(
+    offline: Path, tmp_path: Path, examples_dir: Path
+) -> None:
+    import csv
+    import zipfile
+
+    from ecomarine import Pipeline
+    from ecomarine.darwin_core import DatasetMetadata, write_dwca
+    from ecomarine.results import ResultsWriter, read_results
+
+    pipe = Pipeline.from_pretrained(
+        f"hf-hub:{MEGA_REPO}", gate=False, cache_dir=offline, device="cpu"
+    )
+    belugas = examples_dir / "belugas"
+    with (belugas / "gallery.csv").open() as fh:
+        rows = list(csv.DictReader(fh))[:12]
+    pipe.enroll(
+        [belugas / r["image"] for r in rows],
+        [r["individual_id"] for r in rows],
+        "beluga",
+        metadata=[{"encounter": r["encounter"]} for r in rows],
+    )
+    assert pipe.gallery is not None
+    pipe.gallery.calibrate_new_individual()
+    pred = pipe.predict(belugas / rows[0]["image"])
+    assert pred.model_license == "cc-by-nc-4.0"
+    assert pred.model_id == "MegaDescriptor-T-224"
+    assert pred.candidates[0].individual_id == rows[0]["individual_id"]  # its own photo
+    # The licence survives the results files and reaches the archive's metadata.
+    for name in ("r.jsonl", "r.csv"):
+        with ResultsWriter(tmp_path / name) as writer:
+            writer.write(pred)
+        (back,) = read_results(tmp_path / name)
+        assert back.model_license == "cc-by-nc-4.0"
+    archive = write_dwca(tmp_path / "dwca.zip", [pred], DatasetMetadata(license="CC-BY-NC-4.0"))
+    with zipfile.ZipFile(archive) as zf:
+        eml = zf.read("eml.xml").decode()
+    assert "MegaDescriptor-T-224 (weights licensed cc-by-nc-4.0)" in eml

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,8 +24,16 @@ from .metrics import (
 from .search import rank_labelled
 from .types import EmbeddingKind
 from .uncertainty import LIST_SIZE, evaluate_uncertainty
+from .zoo import known_model
 
-__all__ = ["EvaluationReport", "evaluate_open_set", "report_markdown"]
+__all__ = [
+    "EvaluationReport",
+    "ModelComparison",
+    "compare_models",
+    "comparison_markdown",
+    "evaluate_open_set",
+    "report_markdown",
+]
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,17 @@ def evaluate_open_set(
     progress: Callable[[int], None] | None = None,
     alphas: Sequence[float] = (0.1, 0.2),
     new_share: float | None = None,
+    calibrate_on_gallery: bool = False,
 ) -> EvaluationReport:
     """Embed both sets, search, and compute every metric.
 
     The threshold is, in order: ``threshold``; else calibrated on
-    ``calibration_samples`` queried against the gallery; else the identifier's shipped
-    one; else none (``new_individual`` is then ranked after the five candidates).
+    ``calibration_samples`` queried against the gallery; else, with
+    ``calibrate_on_gallery``, calibrated on the gallery alone by leave-encounter-out (each
+    encounter, or photo without one, queried against the rest, as
+    :meth:`~ecomarine.gallery.Gallery.calibrate_new_individual` does; no query is seen);
+    else the identifier's shipped one; else none (``new_individual`` is then ranked after
+    the five candidates).
     ``progress`` is called with the number of photos embedded after each batch. When the
     model carries calibration data, the report also measures its probabilities and
     candidate sets (at each of ``alphas``, assuming ``new_share`` new animals).
@@ -123,6 +137,12 @@ def evaluate_open_set(
             new_fraction=calibration_new_fraction,
         ).threshold
         source = "calibration queries"
+    elif threshold is None and calibrate_on_gallery:
+        groups = [s.encounter or f"__image__{s.image}" for s in gallery_samples]
+        threshold = calibrate_open_set(
+            g_emb, g_ids, g_emb, g_ids, gallery_groups=groups, query_groups=groups
+        ).threshold
+        source = "leave-encounter-out on the gallery"
     elif threshold is None:
         threshold = identifier.threshold_for(kind)
         source = "shipped with the model" if threshold is not None else "none"
@@ -214,5 +234,106 @@ def report_markdown(report: EvaluationReport, title: str = "Open-set evaluation"
         lines += [
             f"| {a} | {s['target']:.2f} | {s['coverage']:.3f} | {s['mean_size']:.2f} |"
             for a, s in cal["sets"].items()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ModelComparison:
+    """One model's row of :func:`compare_models`.
+
+    Attributes:
+        source: The model as given (bundled name, folder or ``hf-hub:`` id).
+        report: Its open-set evaluation.
+        photos_per_second: Photos embedded per second over the whole evaluation, on this
+            machine (decode, network and search).
+        license: Licence of its weights, as the weights or :mod:`ecomarine.zoo` state it.
+    """
+
+    source: str
+    report: EvaluationReport
+    photos_per_second: float
+    license: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "source": self.source,
+            "photos_per_second": self.photos_per_second,
+            "license": self.license,
+            "report": self.report.to_dict(),
+        }
+
+
+def compare_models(
+    sources: Sequence[str],
+    gallery_samples: Sequence[Sample],
+    query_samples: Sequence[Sample],
+    *,
+    calibration_samples: Sequence[Sample] | None = None,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+    load: Callable[[str], Identifier] | None = None,
+) -> list[ModelComparison]:
+    """Evaluate several models on the same catalogue, with the same threshold procedure.
+
+    Each model's open-set threshold is calibrated the same way: on
+    ``calibration_samples`` when given, else by leave-encounter-out on the gallery (its
+    shipped threshold was calibrated on other data, and most published models ship none).
+
+    Args:
+        sources: Models to load (anything ``Identifier.from_pretrained`` takes).
+        gallery_samples: The catalogue.
+        query_samples: Photos to identify (their individuals may be absent: new).
+        calibration_samples: Held-out queries for the thresholds.
+        batch_size: Photos per network pass.
+        progress: Called with photos embedded after each batch, over every model.
+        load: How a source becomes an identifier (default ``Identifier.from_pretrained``).
+    """
+    loader = load or Identifier.from_pretrained
+    rows = []
+    n_photos = len(gallery_samples) + len(query_samples) + len(calibration_samples or ())
+    for source in sources:
+        identifier = loader(source)
+        start = time.perf_counter()
+        report = evaluate_open_set(
+            identifier,
+            gallery_samples,
+            query_samples,
+            calibration_samples=calibration_samples,
+            calibrate_on_gallery=True,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        known = known_model(source)
+        license_id = identifier.config.license or (known.license if known else None)
+        rows.append(ModelComparison(source, report, n_photos / elapsed, license_id))
+    return rows
+
+
+def comparison_markdown(rows: Sequence[ModelComparison]) -> str:
+    """A markdown table of :func:`compare_models` (best MAP@5 first)."""
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines = [
+        "| model | top-1 | top-5 | MAP@5 | threshold | photos/s | licence |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in sorted(rows, key=lambda r: -r.report.map5):
+        r = row.report
+        lines.append(
+            f"| {row.source} | {num(r.top1)} | {num(r.top5)} | {num(r.map5)} | "
+            f"{num(r.threshold)} | {row.photos_per_second:.1f} | {row.license or 'not stated'} |"
+        )
+    first = rows[0].report if rows else None
+    if first is not None:
+        lines += [
+            "",
+            f"{first.n_queries} queries ({first.n_known} of known individuals, {first.n_new} "
+            f"new) against {first.n_gallery} catalogue photos; thresholds from "
+            f"{first.threshold_source}; top-1/top-5 over known individuals.",
         ]
     return "\n".join(lines) + "\n"

@@ -104,7 +104,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         layout="bundled",
         architecture="EfficientNet-Lite0, GeM, 512-d BatchNorm neck",
         input_size=(320, 112),
-        license="apache-2.0 (weights trained by ecomarine)",
+        license="apache-2.0",
         trained_on="Cook Inlet beluga top views 2017-2018 (Beluga ID 2022)",
         reported="see docs/benchmarks.md (2019 season, never fitted)",
     ),

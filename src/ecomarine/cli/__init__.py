@@ -6,7 +6,7 @@ Every user error prints a single ``error: ...`` line to stderr and exits with co
 
 from __future__ import annotations
 
-from . import _dwc, _gallery, _gate, _identify, _review, _serve, _train  # noqa: F401 - register commands
+from . import _dwc, _gallery, _gate, _identify, _models, _review, _serve, _train  # noqa: F401 - register commands
 from ._app import EXIT_USAGE, cli, main
 
 __all__ = ["EXIT_USAGE", "cli", "main"]

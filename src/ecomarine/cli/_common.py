@@ -321,7 +321,7 @@ gate_override_option = click.option(
 )
 
 
-def check_model(model: str) -> None:
+def check_model(model: str, param_hint: str = "--model") -> None:
     """Refuse a model argument that names nothing, before anything loads.
 
     Raises:
@@ -338,13 +338,14 @@ def check_model(model: str) -> None:
     try:
         location = resolve_source(model, HubOptions())
     except WeightsNotFoundError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from exc
+        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
     folder = getattr(location, "local_dir", None)
     if folder is not None and not any(
         (Path(folder) / name).is_file()
-        for name in ("config.json", "pipeline.json", CHECKPOINT_NAME)
+        for name in ("config.json", "pipeline.json", "open_clip_config.json", CHECKPOINT_NAME)
     ):
         raise click.BadParameter(
-            f"{folder}: not a model folder (no config.json, pipeline.json or {CHECKPOINT_NAME})",
-            param_hint="--model",
+            f"{folder}: not a model folder (no config.json, pipeline.json, "
+            f"open_clip_config.json or {CHECKPOINT_NAME})",
+            param_hint=param_hint,
         )

@@ -365,6 +365,37 @@ def remove(
     click.echo(f"removed {n} photos; {len(g)} remain")
 
 
+@gallery.command("calibrate")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--dry-run", is_flag=True, help="Print the threshold without storing it in the gallery."
+)
+def calibrate(gallery_dir: Path, dry_run: bool) -> None:
+    """Calibrate the gallery's new-individual threshold on itself (leave-encounter-out).
+
+    Each encounter (or photo without one) is queried against the rest of the catalogue;
+    a whale seen in no other encounter plays a new individual. The threshold with the
+    best MAP@5 is stored with the gallery and overrides its model's (needed for models
+    that ship none, such as the Hub's).
+    """
+    from ..gallery import Gallery  # noqa: PLC0415
+
+    if dry_run:
+        g = Gallery.load(gallery_dir)
+        before = g.new_individual_threshold
+        report = g.calibrate_new_individual(apply=False)
+    else:
+        with Gallery.update(gallery_dir) as g:
+            before = g.new_individual_threshold
+            report = g.calibrate_new_individual()
+    click.echo(
+        f"new-individual threshold {report.threshold:.3f} (MAP@5 {report.map5:.3f} on "
+        f"{report.n_queries} leave-encounter-out queries; before: "
+        f"{'none' if before is None else f'{before:.3f}'})"
+        + (" - not stored (--dry-run)" if dry_run else f"; stored in {gallery_dir}")
+    )
+
+
 @gallery.command("rename")
 @click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("old")
