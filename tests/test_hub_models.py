@@ -402,3 +402,40 @@ def test_hub_model_in_the_pipeline_and_darwin_core(
     with zipfile.ZipFile(archive) as zf:
         eml = zf.read("eml.xml").decode()
     assert "MegaDescriptor-T-224 (weights licensed cc-by-nc-4.0)" in eml
+
+
+def test_cli_compare_with_a_hub_model_says_its_licence(
+    offline: Path,
+    examples_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import huggingface_hub
+
+    from ecomarine.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(offline))
+    belugas = examples_dir / "belugas"
+    code = main(
+        [
+            "compare",
+            "--models",
+            f"hf-hub:{MEGA_REPO}",
+            f"hf-hub:{DINO_REPO}",
+            "--gallery-csv",
+            str(belugas / "gallery.csv"),
+            "--query-csv",
+            str(belugas / "queries.csv"),
+            "--images",
+            str(belugas),
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"| hf-hub:{MEGA_REPO} |" in out.out
+    assert "cc-by-nc-4.0" in out.out
+    assert f"hf-hub:{DINO_REPO}: weights licensed apache-2.0" in out.err
+    # Said when each model loads, through the licence logger the CLI always shows.
+    assert "weights licensed cc-by-nc-4.0: non-commercial use only" in caplog.text
+    assert f"model hf-hub:{DINO_REPO}: weights licensed apache-2.0" in caplog.text

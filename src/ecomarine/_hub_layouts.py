@@ -67,6 +67,8 @@ _CLIP_TEXT_KEYS = frozenset(
     {"positional_embedding", "text_projection", "logit_scale", "logit_bias", "attn_mask"}
 )
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+# What a key-renaming rule returns for a tensor that is dropped (see _remap).
+_DROP = ""
 
 
 def config_layout(data: Any) -> str | None:
@@ -121,12 +123,14 @@ def read_timm_hub(
     state = _timm_filter(net, state, f"{weights}")
     expected = set(net.state_dict())
     classifier = str(pretrained_cfg.get("classifier") or "")
-    dropped = sorted(
-        k for k in state if k not in expected and classifier and k.startswith(classifier + ".")
-    )
-    if dropped:
-        logger.info("%s: dropped the classifier tensors %s", weights, dropped)
-    mapped = {"backbone." + k: v for k, v in state.items() if k not in dropped}
+
+    def rename(key: str) -> str:
+        # The classifier is dropped; any other key the network lacks is named by the builder.
+        if classifier and key.startswith(classifier + ".") and key not in expected:
+            return _DROP
+        return "backbone." + key
+
+    mapped = _remap(state, rename, str(weights), "timm")
     config = config.replace(embedding_size=int(net.num_features))
     return IdentifierParts(config, mapped, where=str(weights))
 
@@ -219,24 +223,17 @@ def read_miewid(
     if hasattr(net, "cls_token") or model_name.startswith("swinv2"):
         raise ConfigError(f"{where}: MiewID with a {model_name} backbone is not supported")
     state, weights = _read_weights(location, _MIEWID_WEIGHTS, allow_pickle)
-    mapped: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, tensor in state.items():
+
+    def rename(key: str) -> str | None:
         if key.startswith("backbone."):
-            mapped[key] = tensor
-        elif key == "pooling.p":
-            mapped["pool.p"] = tensor.reshape(1)
-        elif key.startswith("bn."):
-            mapped["neck." + key[len("bn.") :]] = tensor
-        elif key.startswith("final."):
-            dropped.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ConfigError(f"{weights}: unknown MiewID checkpoint key(s) {sorted(unknown)[:10]}")
-    if dropped:
-        logger.info("%s: dropped the training head %s", weights, sorted(dropped))
+            return key
+        if key == "pooling.p":
+            return "pool.p"
+        if key.startswith("bn."):
+            return "neck." + key[len("bn.") :]
+        return _DROP if key.startswith("final.") else None  # final: the training head
+
+    mapped = _remap(state, rename, f"{weights}", "MiewID")
     config = config.replace(embedding_size=int(net.num_features))
     return IdentifierParts(config, mapped, where=str(weights))
 
@@ -284,19 +281,13 @@ def read_open_clip(location: hub.HubLocation, *, allow_pickle: bool = False) -> 
         source=source,
     )
     state, weights = _read_weights(location, _OPEN_CLIP_WEIGHTS, allow_pickle)
-    mapped: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, tensor in state.items():
+
+    def rename(key: str) -> str | None:
         if key.startswith("visual."):
-            mapped["backbone.tower." + key[len("visual.") :]] = tensor
-        elif key.startswith(_CLIP_TEXT_PREFIXES) or key in _CLIP_TEXT_KEYS:
-            dropped.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ConfigError(f"{weights}: unknown open_clip checkpoint key(s) {sorted(unknown)[:10]}")
-    logger.info("%s: dropped %d text-tower tensors", weights, len(dropped))
+            return "backbone.tower." + key[len("visual.") :]
+        return _DROP if key.startswith(_CLIP_TEXT_PREFIXES) or key in _CLIP_TEXT_KEYS else None
+
+    mapped = _remap(state, rename, f"{weights}", "open_clip")
     return IdentifierParts(config, mapped, where=str(weights))
 
 
@@ -340,6 +331,32 @@ def _provenance(location: hub.HubLocation) -> tuple[str, str, str | None, Any]:
     if non_commercial(license_id):
         logger.info("%s: weights licensed %s (non-commercial use only)", source, license_id)
     return name, source, license_id, known
+
+
+def _remap(
+    state: Mapping[str, Tensor], rename: Callable[[str], str | None], where: str, what: str
+) -> dict[str, Tensor]:
+    """Tensors under the identifier's key names.
+
+    ``rename`` gives each checkpoint key its new name, :data:`_DROP` for a tensor the
+    vectors do not use (reported), or ``None`` for a key it does not know (refused).
+    """
+    mapped: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        elif new == _DROP:
+            dropped.append(key)
+        else:
+            mapped[new] = tensor
+    if unknown:
+        raise ConfigError(f"{where}: unknown {what} checkpoint key(s) {sorted(unknown)[:10]}")
+    if dropped:
+        logger.info("%s: dropped %d unused tensors %s", where, len(dropped), sorted(dropped)[:10])
+    return mapped
 
 
 def _read_weights(

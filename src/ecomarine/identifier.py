@@ -38,7 +38,7 @@ from .heads import ArcMarginProduct, GeM, SubCenterArcMarginProduct, build_head
 from .io import ImageSource
 from .transforms import default_workers, load_batch
 from .types import EMBEDDING_KINDS, EmbeddingKind, Match
-from .zoo import non_commercial
+from .zoo import LICENSE_LOGGER, non_commercial
 
 __all__ = [
     "CARD_NAME",
@@ -570,12 +570,13 @@ def announce_license(config: IdentifierConfig) -> None:
     if config.license is None:
         return
     where = config.source or config.name
+    says = logging.getLogger(LICENSE_LOGGER)
     if non_commercial(config.license):
-        logger.warning(
+        says.warning(
             "model %s: weights licensed %s: non-commercial use only", where, config.license
         )
     else:
-        logger.info("model %s: weights licensed %s", where, config.license)
+        says.info("model %s: weights licensed %s", where, config.license)
 
 
 def _build_backbone(config: IdentifierConfig) -> Any:

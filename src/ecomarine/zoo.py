@@ -18,6 +18,7 @@ from .config import PreprocessConfig
 
 __all__ = [
     "KNOWN_MODELS",
+    "LICENSE_LOGGER",
     "KnownModel",
     "card_license",
     "is_cached",
@@ -25,6 +26,9 @@ __all__ = [
     "non_commercial",
 ]
 
+#: The logger that says the licence of imported weights when they load (the CLI always
+#: shows it).
+LICENSE_LOGGER = "ecomarine.license"
 _HALF = (0.5, 0.5, 0.5)
 
 

@@ -14,6 +14,7 @@ import click
 
 from .._version import __version__
 from ..errors import EcomarineError
+from ..zoo import LICENSE_LOGGER
 
 __all__ = ["cli", "main"]
 
@@ -31,6 +32,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The licence of imported weights is always said when they load, whatever the level.
+    logging.getLogger(LICENSE_LOGGER).setLevel(min(level, logging.INFO))
 
 
 def _one_line(text: str) -> str:
