@@ -8,6 +8,11 @@ training images; DESIGN.md), with the default share of new animals set to the 20
 * expected calibration error (ECE, 10 equal-width bins) of ``p_known`` and its
   reliability table, at the shipped default share of new animals; and, as a what-if
   labelled as such, at 2019's actual share (which a user would not know in advance);
+* the same at the share of new animals estimated from the 2019 photos' own best scores,
+  without their labels (the EM of Saerens, Latinne and Decaestecker, 2002, below): what a
+  user could do with a season's photos if only the share of new animals changed between
+  seasons; and the mean best score of known and of new animals in the calibration split
+  and in 2019, which says whether it did;
 * empirical coverage and mean size of the conformal candidate sets for several alpha.
 
 Writes ``benchmarks/results/beluga_uncertainty.{json,md}`` and, with matplotlib, a
@@ -68,6 +73,29 @@ def measure(
     return evaluate_uncertainty(cal, cands, truths, alphas=ALPHAS, new_share=new_share)
 
 
+def em_new_share(cal: UncertaintyCalibration, best: list[float]) -> float:
+    """The share of new animals that maximises the likelihood of unlabelled best scores.
+
+    EM (Saerens et al., 2002): the share becomes the mean ``P(new)`` at the current share
+    until it stops moving. Right only if the scores of known and of new animals keep the
+    distributions they had in the calibration split (pure label shift).
+    """
+    scores = np.asarray(best, np.float64)
+    share = cal.new_share
+    for _ in range(1000):
+        new = float(np.clip(1.0 - cal.p_known(scores, share).mean(), 0.01, 0.99))
+        if abs(new - share) < 1e-7:
+            break
+        share = new
+    return share
+
+
+def score_means(cands: list[list[Match]], truths: list[str]) -> dict[str, float]:
+    best = np.array([c[0].score if c else -1.0 for c in cands])
+    new = np.array([t == NEW_INDIVIDUAL for t in truths])
+    return {"known": float(best[~new].mean()), "new": float(best[new].mean())}
+
+
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -79,10 +107,12 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         return []
     out.mkdir(parents=True, exist_ok=True)
     shipped, actual = result["2019"], result["2019_at_actual_share"]
+    estimated = result["2019_at_estimated_share"]
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     for m, name, style in (
         (shipped, f"shipped default (new share {shipped['new_share']:.2f})", "o-"),
+        (estimated, f"share estimated from the scores ({estimated['new_share']:.2f})", "^-"),
         (actual, f"what-if: 2019's share ({actual['new_share']:.2f})", "s:"),
     ):
         rows = [r for r in m["reliability"] if r["n"] >= 10]  # bins of a few photos are noise
@@ -101,7 +131,13 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
     targets = [1 - a for a in ALPHAS]
     ax.plot(targets, targets, color="grey", lw=1, ls="--", label="target 1 - alpha")
     got = [shipped["sets"][str(a)]["coverage"] for a in ALPHAS]
-    ax.plot(targets, got, "o-", label="2019 coverage")
+    ax.plot(targets, got, "o-", label="2019 coverage, shipped default share")
+    ax.plot(
+        targets,
+        [estimated["sets"][str(a)]["coverage"] for a in ALPHAS],
+        "^-",
+        label="2019 coverage, share estimated from the scores",
+    )
     for t, g, a in zip(targets, got, ALPHAS, strict=True):
         ax.annotate(f"{shipped['sets'][str(a)]['mean_size']:.1f}", (t, g), fontsize=7,
                     textcoords="offset points", xytext=(4, -10))  # fmt: skip
@@ -128,6 +164,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for key, name in (
         ("2019", "shipped default"),
+        ("2019_at_estimated_share", "estimated from 2019's scores (EM, no labels)"),
         ("2019_at_actual_share", "what-if: 2019's own share"),
     ):
         m = r[key]
@@ -135,34 +172,51 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {name} | {m['new_share']:.3f} | {m['ece']:.3f} | {m['mean_p_known']:.3f} | "
             f"{m['share_known']:.3f} |"
         )
+    m = r["best_score_means"]
     lines += [
         "",
-        "Conformal candidate sets at the shipped default (labels: individual ids, "
-        "`new_individual`, `other_known`):",
-        "",
-        "| alpha | target | coverage | known photos | new photos | mean set size |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Mean best score (cosine), known / new animals: calibration split "
+        f"{m['calibration']['known']:.3f} / {m['calibration']['new']:.3f}, 2019 "
+        f"{m['2019']['known']:.3f} / {m['2019']['new']:.3f}.",
     ]
-    for alpha, s in r["2019"]["sets"].items():
-        lines.append(
-            f"| {alpha} | {s['target']:.2f} | {s['coverage']:.3f} | {s['coverage_known']:.3f} | "
-            f"{s['coverage_new']:.3f} | {s['mean_size']:.2f} |"
-        )
+    for key, title in (
+        ("2019", "at the shipped default"),
+        ("2019_at_estimated_share", "at the share estimated from the 2019 scores"),
+    ):
+        lines += [
+            "",
+            f"Conformal candidate sets {title} (labels: individual ids, "
+            "`new_individual`, `other_known`):",
+            "",
+            "| alpha | target | coverage | known photos | new photos | mean set size |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for alpha, s in r[key]["sets"].items():
+            lines.append(
+                f"| {alpha} | {s['target']:.2f} | {s['coverage']:.3f} | "
+                f"{s['coverage_known']:.3f} | {s['coverage_new']:.3f} | {s['mean_size']:.2f} |"
+            )
     s = r["sightings"]
     lines += [
         "",
         f"Sightings (2019 photos grouped by `encounter_id`, aggregation `{s['aggregation']}`; "
         f"fitted on {s['calibration_sightings']} calibration encounters, "
         f"{s['calibration_new']} of new whales): ECE of p_known {s['2019']['ece']:.3f} "
-        f"over {s['2019']['n']} sightings.",
+        f"over {s['2019']['n']} sightings at the shipped default, "
+        f"{s['2019_at_estimated_share']['ece']:.3f} at the share estimated from their scores "
+        f"({s['2019_at_estimated_share']['new_share']:.3f}; actual "
+        f"{1 - s['2019']['share_known']:.3f}).",
         "",
-        "| alpha | target | coverage | known sightings | new sightings | mean set size |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| alpha | target | coverage | known sightings | new sightings | mean set size "
+        "| coverage at the estimate | mean size at the estimate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for alpha, c in s["2019"]["sets"].items():
+        e = s["2019_at_estimated_share"]["sets"][alpha]
         lines.append(
             f"| {alpha} | {c['target']:.2f} | {c['coverage']:.3f} | {c['coverage_known']:.3f} | "
-            f"{c['coverage_new']:.3f} | {c['mean_size']:.2f} |"
+            f"{c['coverage_new']:.3f} | {c['mean_size']:.2f} | {e['coverage']:.3f} | "
+            f"{e['mean_size']:.2f} |"
         )
     lines += ["", f"Produced by `{r['command']}` in {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -196,8 +250,17 @@ def main() -> None:
             "temperature": cal.temperature,
             "other_logit": cal.other_logit,
         },
+        "best_score_means": {
+            "calibration": score_means(cal_cands, cal_truths),
+            "2019": score_means(cands, truths),
+        },
         "2019": {"n": len(truths), **measure(cal, cands, truths, None)},
         "2019_at_actual_share": {"n": len(truths), **measure(cal, cands, truths, actual_share)},
+        # Estimated from the 2019 best scores alone: the labels are not used.
+        "2019_at_estimated_share": {
+            "n": len(truths),
+            **measure(cal, cands, truths, em_new_share(cal, [c[0].score for c in cands])),
+        },
         "seconds": 0.0,
     }
     # Sightings (2019 photos grouped by encounter_id, the annotation), with the model's
@@ -215,6 +278,10 @@ def main() -> None:
         "calibration_sightings": len(s_cal_t),
         "calibration_new": sum(t == NEW_INDIVIDUAL for t in s_cal_t),
         "2019": {"n": len(s_t), **measure(s_cal, s_c, s_t, None)},
+        "2019_at_estimated_share": {
+            "n": len(s_t),
+            **measure(s_cal, s_c, s_t, em_new_share(s_cal, [c[0].score for c in s_c])),
+        },
     }
     result["seconds"] = round(time.perf_counter() - started, 1)  # after the sightings too
     args.results.mkdir(parents=True, exist_ok=True)
