@@ -99,6 +99,32 @@ def test_sets_cover_exchangeable_data(alpha: float) -> None:
     assert shifted >= 1 - alpha - tolerance, shifted
 
 
+@pytest.mark.parametrize("alpha", [0.1, 0.2])
+def test_mondrian_sets_cover_each_class(alpha: float) -> None:
+    rng = np.random.default_rng(11)
+    n_cal, n_test = 800, 3000
+    cal_c, cal_t = synthetic(n_cal, 0.5, rng)
+    cal = fit_uncertainty(cal_c, cal_t, method="mondrian")
+    assert cal.method == "mondrian"
+    per_class = n_cal // 2
+    tolerance = 3 * math.sqrt(alpha * (1 - alpha) * (2 / n_test + 1 / per_class))
+    # The share of new animals of the test photos is 0.2, and the calibration is not told:
+    # each class is still covered at 1 - alpha (the marginal sets are not, by class).
+    cands, truths = synthetic(n_test, 0.2, rng)
+    for is_new in (True, False):
+        rows = [i for i, t in enumerate(truths) if (t == NEW_INDIVIDUAL) == is_new]
+        got = coverage(cal, [cands[i] for i in rows], [truths[i] for i in rows], alpha)
+        assert abs(got - (1 - alpha)) <= tolerance, (is_new, got)
+    # It travels in the config; the marginal default is written as before (no key).
+    again = UncertaintyCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert again.method == "mondrian"
+    assert again.to_dict() == cal.to_dict()
+    marginal = fit_uncertainty(cal_c, cal_t)
+    assert "method" not in marginal.to_dict()
+    with pytest.raises(ConfigError, match="method"):
+        UncertaintyCalibration.from_dict({**cal.to_dict(), "method": "magic"})
+
+
 def test_set_membership_is_deterministic() -> None:
     rng = np.random.default_rng(3)
     cal = fit_uncertainty(*synthetic(300, 0.5, rng))

@@ -15,6 +15,8 @@ on, searched among its training catalogue), shipped in the model's ``config.json
   the labels whose probability is high enough that the set contains the true answer with
   probability at least ``1 - alpha``. Its labels are individual ids,
   :data:`NEW_INDIVIDUAL` and :data:`OTHER_KNOWN` ("someone in the catalogue not listed").
+  With ``method="mondrian"`` the guarantee holds for known and for new animals each
+  (class-conditional conformal: one threshold per class), whatever their share.
 
 The guarantee assumes the photos you identify are exchangeable with the calibration
 queries, up to the share of new animals: another species, another camera or viewpoint,
@@ -39,6 +41,7 @@ __all__ = [
     "LIST_SIZE",
     "NEW_INDIVIDUAL",
     "OTHER_KNOWN",
+    "SET_METHODS",
     "Assessment",
     "UncertaintyCalibration",
     "evaluate_uncertainty",
@@ -54,6 +57,10 @@ DEFAULT_ALPHA = 0.1
 LIST_SIZE = 50
 #: Most calibration queries a config may carry.
 MAX_CALIBRATION_QUERIES = 200_000
+#: How the conformal sets are calibrated: ``"marginal"`` (one threshold, the weighted
+#: split-conformal guarantee over all photos) or ``"mondrian"`` (one threshold for new
+#: animals and one for known ones: each class covered at ``1 - alpha``).
+SET_METHODS = ("marginal", "mondrian")
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class UncertaintyCalibration:
         best_scores: Each calibration query's best score.
         truth_probability: Each calibration query's probability of its true identity
             given that it is known (``None`` for new animals).
+        method: How the sets are calibrated (see :data:`SET_METHODS`).
     """
 
     slope: float
@@ -109,8 +117,11 @@ class UncertaintyCalibration:
     new_share: float
     best_scores: tuple[float, ...]
     truth_probability: tuple[float | None, ...]
+    method: str = "marginal"
 
     def __post_init__(self) -> None:
+        if self.method not in SET_METHODS:
+            raise ConfigError(f"uncertainty: method must be one of {SET_METHODS}")
         for name in ("slope", "intercept", "temperature", "other_logit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -155,16 +166,12 @@ class UncertaintyCalibration:
         Split conformal with weights for the share of new animals (label shift): new and
         known calibration queries are re-weighted to ``new_share``; the test point gets
         the larger weight, which keeps the guarantee. ``1.0`` when the calibration
-        queries are too few for ``alpha``: the set is then every label.
+        queries are too few for ``alpha``: the set is then every label. (For
+        ``method="mondrian"``, see :meth:`class_quantiles`.)
         """
-        if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
-            raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+        _check_alpha(alpha)
         share = self.new_share if new_share is None else _check_share(new_share, "new_share")
-        best = np.asarray(self.best_scores, np.float64)
-        known = np.array([p is not None for p in self.truth_probability])
-        truth = np.array([0.0 if p is None else p for p in self.truth_probability])
-        pk = self.p_known(best, share)
-        scores = np.where(known, 1.0 - pk * truth, pk)  # 1 - P(true label)
+        scores, known = self._nonconformity(share)
         w_new = share / (1.0 - self.calibration_known_share)
         w_known = (1.0 - share) / self.calibration_known_share
         weights = np.where(known, w_known, w_new)
@@ -172,6 +179,33 @@ class UncertaintyCalibration:
         mass = np.cumsum(weights[order]) / (weights.sum() + max(w_new, w_known))
         reached = np.flatnonzero(mass >= 1.0 - alpha)
         return 1.0 if not len(reached) else float(scores[order][reached[0]])
+
+    def class_quantiles(self, alpha: float, new_share: float | None = None) -> tuple[float, float]:
+        """``(new, known)`` thresholds on ``1 - P(label)`` of Mondrian conformal sets.
+
+        Each is the split-conformal quantile over the calibration queries of that class
+        alone, so the set holds ``new_individual`` for at least ``1 - alpha`` of new
+        animals and the true identity for at least ``1 - alpha`` of known ones, whatever
+        their share (which still moves the probabilities). ``1.0`` where a class has too
+        few calibration queries for ``alpha``.
+        """
+        _check_alpha(alpha)
+        share = self.new_share if new_share is None else _check_share(new_share, "new_share")
+        scores, known = self._nonconformity(share)
+        out = []
+        for members in (scores[~known], scores[known]):
+            ordered = np.sort(members)
+            rank = math.ceil((len(ordered) + 1) * (1.0 - alpha)) - 1
+            out.append(1.0 if rank >= len(ordered) else float(ordered[rank]))
+        return out[0], out[1]
+
+    def _nonconformity(self, share: float) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Each calibration query's ``1 - P(true label)`` at ``share``, and whether known."""
+        best = np.asarray(self.best_scores, np.float64)
+        known = np.array([p is not None for p in self.truth_probability])
+        truth = np.array([0.0 if p is None else p for p in self.truth_probability])
+        pk = self.p_known(best, share)
+        return np.where(known, 1.0 - pk * truth, pk), known
 
     def assess(
         self,
@@ -190,7 +224,10 @@ class UncertaintyCalibration:
         pk = float(self.p_known(np.array([best]), share)[0])
         q, p_other = self.identity([m.score for m in candidates])
         probs = pk * q
-        threshold = self.quantile(alpha, share)
+        if self.method == "mondrian":
+            new_threshold, known_threshold = self.class_quantiles(alpha, share)
+        else:
+            new_threshold = known_threshold = self.quantile(alpha, share)
         labelled = [
             (1.0 - pk, NEW_INDIVIDUAL),
             *((float(p), m.individual_id) for p, m in zip(probs, candidates, strict=True)),
@@ -198,7 +235,12 @@ class UncertaintyCalibration:
         ]
         # Ties broken by label: the same scores always give the same set.
         members = sorted(
-            (item for item in labelled if 1.0 - item[0] <= threshold + 1e-12),
+            (
+                item
+                for item in labelled
+                if 1.0 - item[0]
+                <= (new_threshold if item[1] == NEW_INDIVIDUAL else known_threshold) + 1e-12
+            ),
             key=lambda item: (-item[0], item[1]),
         )
         return Assessment(
@@ -226,6 +268,8 @@ class UncertaintyCalibration:
             "truth_probability": [
                 None if p is None else round(p, 6) for p in self.truth_probability
             ],
+            # Written only when not the default, so earlier readers keep reading others.
+            **({"method": self.method} if self.method != "marginal" else {}),
         }
 
     @classmethod
@@ -249,8 +293,10 @@ class UncertaintyCalibration:
             "best_scores",
             "truth_probability",
         }
-        if set(data) != names:
+        if not names <= set(data) <= names | {"method"}:
             raise ConfigError(f"{where}: expected keys {sorted(names)}, got {sorted(data)}")
+        if not isinstance(data.get("method", "marginal"), str):
+            raise ConfigError(f"{where}: method must be a string")
         for key in ("best_scores", "truth_probability"):
             if not isinstance(data[key], list):
                 raise ConfigError(f"{where}: {key} must be a list")
@@ -264,6 +310,7 @@ class UncertaintyCalibration:
                 new_share=data["new_share"],
                 best_scores=tuple(data["best_scores"]),
                 truth_probability=tuple(data["truth_probability"]),
+                method=data.get("method", "marginal"),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
@@ -289,6 +336,7 @@ def fit_uncertainty(
     truths: Sequence[str],
     *,
     new_share: float | None = None,
+    method: str = "marginal",
 ) -> UncertaintyCalibration:
     """Fit the probabilities on held-out queries (ranked candidates and true ids).
 
@@ -297,6 +345,7 @@ def fit_uncertainty(
         truths: Per query, the true id, or ``"new_individual"``.
         new_share: The default share of new animals expected in use (default: that of
             the calibration queries).
+        method: How the conformal sets are calibrated (:data:`SET_METHODS`).
 
     Raises:
         DataError: With fewer than 10 queries, or without both new and known ones.
@@ -349,7 +398,13 @@ def fit_uncertainty(
         new_share=float(1.0 - known.mean()) if new_share is None else new_share,
         best_scores=tuple(float(np.clip(b, -1.0, 1.0)) for b in best),
         truth_probability=tuple(truth_p),
+        method=method,
     )
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
 def _identity(
