@@ -83,12 +83,15 @@ def prepare(data: Path, out: Path) -> dict[str, int]:
     }
 
 
-def season_turnover(gallery_csv: Path) -> float:
-    """Share of 2018 images whose whale does not appear in 2017."""
+def season_turnover(gallery_csv: Path, *, per: str = "image") -> float:
+    """Share of 2018 images (``per="image"``) or of 2018 encounters (``per="encounter"``,
+    the sightings) whose whale does not appear in 2017."""
     with gallery_csv.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     seen_2017 = {r["individual_id"] for r in rows if r["date"].startswith("2017")}
     y2018 = [r for r in rows if r["date"].startswith("2018")]
+    if per == "encounter":
+        y2018 = list({r["encounter"]: r for r in y2018}.values())
     return sum(r["individual_id"] not in seen_2017 for r in y2018) / len(y2018)
 
 

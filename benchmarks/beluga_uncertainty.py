@@ -197,8 +197,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Sightings (2019 photos grouped by `encounter_id`, aggregation `{s['aggregation']}`; "
         f"fitted the same way on {s['calibration_sightings']} calibration encounters, "
-        f"{s['calibration_new']} of them new): ECE of p_known {s['2019']['ece']:.3f} over "
-        f"{s['2019']['n']} sightings.",
+        f"{s['calibration_new']} of them new; default share of new sightings "
+        f"{s['2019']['new_share']:.3f}, the 2017 -> 2018 turnover of encounters): ECE of "
+        f"p_known {s['2019']['ece']:.3f} over {s['2019']['n']} sightings (share of new "
+        f"sightings {1 - s['2019']['share_known']:.3f}).",
         "",
         "| alpha | target | coverage | known sightings | new sightings | mean set size |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -271,18 +273,19 @@ def variant(
     vec: dict[str, np.ndarray],
     split: dict[str, list[Sample]],
     aggregation: str,
-    turnover: float,
+    turnover: tuple[float, float],
     gallery: str,
     method: str,
 ) -> dict[str, Any]:
     """Photo and sighting calibrations of one variant, and their figures on 2019."""
     cal_gallery = calibration_gallery(split, gallery)
     cal_c, cal_t = ranked(vec, cal_gallery, split["calibration"])
-    cal = fit_uncertainty(cal_c, cal_t, new_share=round(turnover, 4), method=method)
+    cal = fit_uncertainty(cal_c, cal_t, new_share=round(turnover[0], 4), method=method)
     s_cal_c, s_cal_t = rank_sightings(
         vec, cal_gallery, group(split["calibration"]), aggregation, LIST_SIZE
     )
-    s_cal = fit_uncertainty(s_cal_c, s_cal_t, new_share=round(turnover, 4), method=method)
+    # A sighting's prior is the share of new *sightings*, not of photos.
+    s_cal = fit_uncertainty(s_cal_c, s_cal_t, new_share=round(turnover[1], 4), method=method)
     return {
         "gallery": gallery,
         "method": method,
@@ -302,7 +305,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     split, ident, vec = load_protocol(args.data, args.splits, args.model)
-    turnover = season_turnover(args.splits / "gallery.csv")
+    turnover = (
+        season_turnover(args.splits / "gallery.csv"),
+        season_turnover(args.splits / "gallery.csv", per="encounter"),
+    )
     aggregation = ident.config.sighting_aggregation or "top3"
     cands, truths = ranked(vec, split["gallery"], split["queries"])
     s_c, s_t = rank_sightings(
