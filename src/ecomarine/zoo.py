@@ -88,6 +88,21 @@ def _mega(size: str, arch: str, side: int, reported: str) -> KnownModel:
     )
 
 
+def _miewid(version: str, trained_on: str, reported: str) -> KnownModel:
+    # No preprocessing here: the layout's own default is the card's (440 x 440 squash,
+    # ImageNet mean/std), and the licence is read from the repository's card.
+    return KnownModel(
+        source=f"hf-hub:conservationxlabs/miewid-{version}",
+        layout="miewid",
+        architecture="EfficientNetV2-M (efficientnetv2_rw_m), GeM, BatchNorm neck",
+        input_size=(440, 440),
+        license="see the repository's card (read at load)",
+        trained_on=trained_on,
+        reported=reported,
+        files=("config.json", "model.safetensors"),
+    )
+
+
 def _dinov2(size: str, arch: str) -> KnownModel:
     return KnownModel(
         source=f"hf-hub:timm/{arch}.lvd142m",
@@ -126,27 +141,12 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     _mega("B", "swin_base_patch4_window7_224", 224, "see the WildlifeDatasets paper"),
     _mega("L", "swin_large_patch4_window7_224", 224, "see the WildlifeDatasets paper"),
     _mega("L", "swin_large_patch4_window12_384", 384, "1-NN 66.5 % on BelugaID (closed split)"),
-    KnownModel(
-        source="hf-hub:conservationxlabs/miewid-msv2",
-        layout="miewid",
-        architecture="EfficientNetV2-M (efficientnetv2_rw_m), GeM, BatchNorm neck",
-        input_size=(440, 440),
-        license="see the repository's card (read at load)",
-        trained_on="Wild Me's multi-species catalogues (MiewID msv2)",
-        reported="+19 points top-1 over MegaDescriptor-L-384 on unseen species "
-        "(its authors, their split)",
-        files=("config.json", "model.safetensors"),
+    _miewid(
+        "msv2",
+        "Wild Me's multi-species catalogues (MiewID msv2)",
+        "+19 points top-1 over MegaDescriptor-L-384 on unseen species (its authors, their split)",
     ),
-    KnownModel(
-        source="hf-hub:conservationxlabs/miewid-msv3",
-        layout="miewid",
-        architecture="EfficientNetV2-M (efficientnetv2_rw_m), GeM, BatchNorm neck",
-        input_size=(440, 440),
-        license="see the repository's card (read at load)",
-        trained_on="Wild Me's catalogues of 49 species (MiewID msv3)",
-        reported="see its card",
-        files=("config.json", "model.safetensors"),
-    ),
+    _miewid("msv3", "Wild Me's catalogues of 49 species (MiewID msv3)", "see its card"),
     _dinov2("S", "vit_small_patch14_dinov2"),
     _dinov2("B", "vit_base_patch14_dinov2"),
     _dinov2("L", "vit_large_patch14_dinov2"),
