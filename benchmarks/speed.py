@@ -39,7 +39,7 @@ from ecomarine.config import PreprocessConfig
 from ecomarine.index import VectorIndex, faiss_available
 
 CACHE = Path("benchmarks/cache")
-ALL_PARTS = "throughput,gate,gatecost,first,memory,search,exact"
+ALL_PARTS = "throughput,gate,gatecost,first,memory,search,exact,precision"
 BASELINE_GATE = Path("benchmarks/baselines/gate-log-probs")
 
 
@@ -197,6 +197,117 @@ def throughput(
             rate["pipeline_onnxruntime"] / rate["reference"], 2
         ),
         "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+    }
+
+
+def precision(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> dict[str, Any]:
+    """Lower precision on pre-decoded batches, against fp32, in interleaved runs.
+
+    bfloat16: ``torch.autocast`` around the eager networks (gate and identifier; this CPU
+    has AVX-512 BF16 and AMX). int8: ONNX Runtime's dynamic quantization (weights int8,
+    activations quantized per batch; ``Conv`` and ``MatMul``) of the identifier, against
+    the same ONNX model in fp32. Agreement: the identifier's embeddings against fp32
+    eager (cosine) and the gate's score (largest difference).
+    """
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    assert pipe.gate is not None
+    gate, ident = pipe.gate, pipe.identifier
+    backend = gate.backend
+    assert isinstance(backend, EmbeddedBackend)
+    decoded = [Image.open(p).convert("RGB") for p in photos]
+    g_all = torch.from_numpy(
+        np.stack([naive_preprocess(im, gate.config.preprocess) for im in decoded])
+    )
+    i_all = torch.from_numpy(
+        np.stack([naive_preprocess(im, ident.config.preprocess) for im in decoded])
+    )
+    del decoded
+    for net in (backend.model, ident):
+        net.fused.enabled = False  # eager, so that autocast reaches every operation
+
+    def networks(bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        embs, scores = [], []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for s in range(0, len(photos), batch):
+                scores.append(torch.as_tensor(gate.score_tensor(g_all[s : s + batch])).float())
+                embs.append(ident.embed_tensor(i_all[s : s + batch]).float())
+        return torch.cat(embs), torch.cat(scores)
+
+    class Embedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ident = ident  # a submodule: its weights are exported as weights
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.ident(x), dim=1)
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes
+        torch.onnx.export(
+            Embedding().eval(), (i_all[:2],), buf, input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    fp32 = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    q_buf = io.BytesIO()
+    src, dst = Path("/tmp/ecomarine-fp32.onnx"), Path("/tmp/ecomarine-int8.onnx")
+    src.write_bytes(buf.getvalue())
+    quantize_dynamic(
+        src,
+        dst,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "MatMul"],
+        per_channel=True,
+    )
+    q_buf.write(dst.read_bytes())
+    int8 = ort.InferenceSession(q_buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def ort_embed(session: Any) -> torch.Tensor:
+        out = [
+            session.run(None, {"x": i_all[s : s + batch].numpy()})[0]
+            for s in range(0, len(photos), batch)
+        ]
+        return torch.from_numpy(np.concatenate(out))
+
+    ref_emb, ref_score = networks(False)
+    bf_emb, bf_score = networks(True)
+    ort_ref, ort_q = ort_embed(fp32), ort_embed(int8)
+    variants = {
+        "fp32 eager networks": lambda: networks(False),
+        "bf16 autocast networks": lambda: networks(True),
+        "identifier on onnxruntime fp32": lambda: ort_embed(fp32),
+        "identifier on onnxruntime int8": lambda: ort_embed(int8),
+    }
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            runs[name] += timed(fn, 1)
+    for net in (backend.model, ident):
+        net.fused.enabled = True
+    rate = {k: round(len(photos) / statistics.median(v), 2) for k, v in runs.items()}
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+        c = (a * b).sum(1)
+        return {"min": round(float(c.min()), 5), "mean": round(float(c.mean()), 5)}
+
+    return {
+        "photos": len(photos),
+        "batch_size": batch,
+        "images_per_s_median": rate,
+        "bf16_vs_fp32": round(rate["bf16 autocast networks"] / rate["fp32 eager networks"], 2),
+        "int8_vs_fp32_onnxruntime": round(
+            rate["identifier on onnxruntime int8"] / rate["identifier on onnxruntime fp32"], 2
+        ),
+        "bf16_embedding_cosine": cos(bf_emb, ref_emb),
+        "bf16_gate_score_max_diff": round(float((bf_score - ref_score).abs().max()), 4),
+        "int8_embedding_cosine": cos(ort_q, ort_ref),
     }
 
 
@@ -589,6 +700,29 @@ def markdown(res: dict[str, Any]) -> str:
         f"({st['n_individuals']} whales, embedded model); 200 queries are new photos of catalogued "
         "individuals. Random vectors, the worst case, are in `ann_recall.md`.",
     ]
+    pr = res.get("precision")
+    if pr:
+        rp = pr["images_per_s_median"]
+        lines += [
+            "",
+            f"Lower precision, {pr['photos']} pre-decoded photos in batches of "
+            f"{pr['batch_size']}, medians of interleaved runs (`--parts precision`); neither is "
+            "enabled by default:",
+            "",
+            "| variant | img/s | agreement with fp32 |",
+            "| --- | --- | --- |",
+            f"| fp32 eager networks (gate + identifier) | {rp['fp32 eager networks']} | - |",
+            f"| bf16 autocast networks | {rp['bf16 autocast networks']} | embedding cosine min "
+            f"{pr['bf16_embedding_cosine']['min']}, mean {pr['bf16_embedding_cosine']['mean']}; "
+            f"gate score max diff {pr['bf16_gate_score_max_diff']} |",
+            f"| identifier on ONNX Runtime, fp32 | {rp['identifier on onnxruntime fp32']} | - |",
+            f"| identifier on ONNX Runtime, dynamic int8 | {rp['identifier on onnxruntime int8']} "
+            f"| embedding cosine min {pr['int8_embedding_cosine']['min']}, mean "
+            f"{pr['int8_embedding_cosine']['mean']} |",
+            "",
+            f"bf16 / fp32: {pr['bf16_vs_fp32']}x; int8 / fp32 on ONNX Runtime: "
+            f"{pr['int8_vs_fp32_onnxruntime']}x.",
+        ]
     ex = res.get("exact_search")
     if ex:
         lines += [
@@ -624,7 +758,8 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default=ALL_PARTS,
-        help="comma-separated subset of throughput,gate,gatecost,first,memory,search,exact to rerun "
+        help="comma-separated subset of throughput,gate,gatecost,first,memory,search,exact,"
+        "precision to rerun "
         "(the others are kept from the existing speed.json)",
     )
     args = parser.parse_args()
@@ -663,6 +798,9 @@ def main() -> None:
     if "memory" in parts:
         res["memory"] = peak_memory(photos, 200 if args.quick else 2000)
         print(res["memory"], flush=True)
+    if "precision" in parts:
+        res["precision"] = precision(pipe, photos, batch=16, repeats=2 if args.quick else 5)
+        print(json.dumps(res["precision"], indent=1), flush=True)
     if "exact" in parts:
         res["exact_search"] = exact_search(
             20_000 if args.quick else 100_000, 512, 200, 3 if args.quick else 7
