@@ -201,7 +201,7 @@ def throughput(
 
 
 def precision(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> dict[str, Any]:
-    """Lower precision on pre-decoded batches, against fp32, in interleaved runs.
+    """Lower precision on pre-decoded batches, against fp32 (each variant in a block).
 
     bfloat16: ``torch.autocast`` around the eager networks (gate and identifier; this CPU
     has AVX-512 BF16 and AMX). int8: ONNX Runtime's dynamic quantization (weights int8,
@@ -285,10 +285,12 @@ def precision(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> d
         "identifier on onnxruntime fp32": lambda: ort_embed(fp32),
         "identifier on onnxruntime int8": lambda: ort_embed(int8),
     }
-    runs: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            runs[name] += timed(fn, 1)
+    # In blocks, each after a warm-up call: interleaved, every switch between bf16 and
+    # fp32 made oneDNN rebuild its kernels and reorder the weights, which slowed both.
+    runs: dict[str, list[float]] = {}
+    for name, fn in variants.items():
+        fn()
+        runs[name] = timed(fn, repeats)
     for net in (backend.model, ident):
         net.fused.enabled = True
     rate = {k: round(len(photos) / statistics.median(v), 2) for k, v in runs.items()}
@@ -706,7 +708,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             "",
             f"Lower precision, {pr['photos']} pre-decoded photos in batches of "
-            f"{pr['batch_size']}, medians of interleaved runs (`--parts precision`); neither is "
+            f"{pr['batch_size']}, medians of runs in blocks (`--parts precision`); neither is "
             "enabled by default:",
             "",
             "| variant | img/s | agreement with fp32 |",
