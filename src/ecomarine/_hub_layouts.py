@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import Tensor
 
 from . import hub
+from ._backbones import build_backbone
 from ._checkpoints import load_torch_state, read_safetensors
 from ._parts import IdentifierParts
 from .config import IdentifierConfig, PreprocessConfig, read_json
@@ -157,14 +157,10 @@ def _timm_preprocess(cfg: Mapping[str, Any], where: str) -> PreprocessConfig:
 
 def _meta_timm(config: IdentifierConfig, where: str) -> Any:
     """The timm network of a config, on the meta device (shapes only, no memory)."""
-    if not timm.is_model(config.backbone):
-        raise ConfigError(f"{where}: unknown timm architecture {config.backbone!r}")
     try:
         with torch.device("meta"):
-            return timm.create_model(
-                config.backbone, pretrained=False, num_classes=0, **dict(config.backbone_args)
-            )
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            return build_backbone(config, where=f"{where}: ", noun="architecture")
+    except RuntimeError as exc:  # an operation the meta device cannot run on these arguments
         raise ConfigError(f"{where}: timm cannot build {config.backbone!r} ({exc})") from exc
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
 from ._atomic import atomic_write_bytes, atomic_write_text
+from ._backbones import build_backbone
 from ._device import conv_layout, resolve_device
 from ._fuse import FusedCache, Traced
 from ._parts import IdentifierParts
@@ -579,31 +579,9 @@ def announce_license(config: IdentifierConfig) -> None:
         says.info("model %s: weights licensed %s", where, config.license)
 
 
-def _build_backbone(config: IdentifierConfig) -> Any:
-    if config.family == "open_clip":
-        from ._clip_tower import ClipTower  # noqa: PLC0415 - optional dependency
-
-        return ClipTower(config.backbone_args)
-    # Checked here, not by catching timm's errors: a failure inside a known model (out of
-    # memory, say) must not be reported as an unknown name.
-    if not timm.is_model(config.backbone):
-        raise ConfigError(f"unknown timm backbone {config.backbone!r}")
-    try:
-        return timm.create_model(
-            config.backbone,
-            pretrained=False,
-            num_classes=config.backbone_num_classes,
-            **dict(config.backbone_args),
-        )
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(
-            f"timm cannot build {config.backbone!r} with {config.backbone_args}: {exc}"
-        ) from exc
-
-
 def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, int, int]:
     """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
-    backbone = _build_backbone(config)
+    backbone = build_backbone(config)
     features = int(backbone.num_features)
     pool: nn.Module = {"gem": GeM, "avg": _AvgPool, "backbone": _OwnPooling}[config.pooling]()
     size = config.embedding_size
