@@ -1,12 +1,14 @@
-"""Reading weights files without running code: safetensors, and torch checkpoints.
+"""Weights files: read without running code, and their keys renamed.
 
-One owner for both, shared by the loading factory and every layout converter.
+One owner for reading safetensors and torch checkpoints and for accounting for every
+checkpoint key, shared by the loading factory and every layout converter.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -16,7 +18,21 @@ from torch import Tensor
 from ._files import read_regular
 from .errors import ConfigError, UnsafeFileError
 
-__all__ = ["MAX_WEIGHTS_BYTES", "PICKLE_HINT", "load_torch_state", "read_safetensors"]
+__all__ = [
+    "DROP",
+    "MAX_WEIGHTS_BYTES",
+    "PICKLE_HINT",
+    "load_torch_state",
+    "read_safetensors",
+    "remap_keys",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What a key-renaming rule returns for a tensor that is dropped (see :func:`remap_keys`).
+DROP = ""
+# Keys named in a message, at most.
+_NAMED = 10
 
 #: Largest weights file read (the largest published re-identification models are ~1 GB).
 MAX_WEIGHTS_BYTES = 16 * 1024**3
@@ -70,3 +86,37 @@ def load_torch_state(path: Path, allow_pickle: bool) -> dict[str, Tensor]:
     if bad:
         raise ConfigError(f"{path}: non-tensor entries in the state dict: {bad[:10]}")
     return dict(state)
+
+
+def remap_keys(
+    state: Mapping[str, Tensor], rename: Callable[[str], str | None], where: str, what: str = ""
+) -> dict[str, Tensor]:
+    """Tensors under the identifier's key names: every checkpoint key accounted for.
+
+    ``rename`` gives each key its new name, :data:`DROP` for a tensor the vectors do not
+    use (logged), or ``None`` for a key it does not know (refused, named).
+
+    Raises:
+        ConfigError: Keys ``rename`` does not know (``what`` says whose checkpoint).
+    """
+    mapped: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        elif new == DROP:
+            dropped.append(key)
+        else:
+            mapped[new] = tensor
+    if unknown:
+        more = f" (+{len(unknown) - _NAMED} more)" if len(unknown) > _NAMED else ""
+        raise ConfigError(
+            f"{where}: unknown {what}checkpoint key(s) {sorted(unknown)[:_NAMED]}{more}"
+        )
+    if dropped:
+        logger.info(
+            "%s: dropped %d unused tensors %s", where, len(dropped), sorted(dropped)[:_NAMED]
+        )
+    return mapped

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import hub
 from ._backbones import build_backbone
-from ._checkpoints import load_torch_state, read_safetensors
+from ._checkpoints import DROP, load_torch_state, read_safetensors, remap_keys
 from ._parts import IdentifierParts
 from .config import IdentifierConfig, PreprocessConfig, read_json
 from .errors import ConfigError
@@ -67,8 +67,6 @@ _CLIP_TEXT_KEYS = frozenset(
     {"positional_embedding", "text_projection", "logit_scale", "logit_bias", "attn_mask"}
 )
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
-# What a key-renaming rule returns for a tensor that is dropped (see _remap).
-_DROP = ""
 
 
 def config_layout(data: Any) -> str | None:
@@ -127,10 +125,10 @@ def read_timm_hub(
     def rename(key: str) -> str:
         # The classifier is dropped; any other key the network lacks is named by the builder.
         if classifier and key.startswith(classifier + ".") and key not in expected:
-            return _DROP
+            return DROP
         return "backbone." + key
 
-    mapped = _remap(state, rename, str(weights), "timm")
+    mapped = remap_keys(state, rename, str(weights), "timm ")
     config = config.replace(embedding_size=int(net.num_features))
     return IdentifierParts(config, mapped, where=str(weights))
 
@@ -227,9 +225,9 @@ def read_miewid(
             return "pool.p"
         if key.startswith("bn."):
             return "neck." + key[len("bn.") :]
-        return _DROP if key.startswith("final.") else None  # final: the training head
+        return DROP if key.startswith("final.") else None  # final: the training head
 
-    mapped = _remap(state, rename, f"{weights}", "MiewID")
+    mapped = remap_keys(state, rename, str(weights), "MiewID ")
     config = config.replace(embedding_size=int(net.num_features))
     return IdentifierParts(config, mapped, where=str(weights))
 
@@ -281,9 +279,9 @@ def read_open_clip(location: hub.HubLocation, *, allow_pickle: bool = False) -> 
     def rename(key: str) -> str | None:
         if key.startswith("visual."):
             return "backbone.tower." + key[len("visual.") :]
-        return _DROP if key.startswith(_CLIP_TEXT_PREFIXES) or key in _CLIP_TEXT_KEYS else None
+        return DROP if key.startswith(_CLIP_TEXT_PREFIXES) or key in _CLIP_TEXT_KEYS else None
 
-    mapped = _remap(state, rename, f"{weights}", "open_clip")
+    mapped = remap_keys(state, rename, str(weights), "open_clip ")
     return IdentifierParts(config, mapped, where=str(weights))
 
 
@@ -327,32 +325,6 @@ def _provenance(location: hub.HubLocation) -> tuple[str, str, str | None, Any]:
     if non_commercial(license_id):
         logger.info("%s: weights licensed %s (non-commercial use only)", source, license_id)
     return name, source, license_id, known
-
-
-def _remap(
-    state: Mapping[str, Tensor], rename: Callable[[str], str | None], where: str, what: str
-) -> dict[str, Tensor]:
-    """Tensors under the identifier's key names.
-
-    ``rename`` gives each checkpoint key its new name, :data:`_DROP` for a tensor the
-    vectors do not use (reported), or ``None`` for a key it does not know (refused).
-    """
-    mapped: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, tensor in state.items():
-        new = rename(key)
-        if new is None:
-            unknown.append(key)
-        elif new == _DROP:
-            dropped.append(key)
-        else:
-            mapped[new] = tensor
-    if unknown:
-        raise ConfigError(f"{where}: unknown {what} checkpoint key(s) {sorted(unknown)[:10]}")
-    if dropped:
-        logger.info("%s: dropped %d unused tensors %s", where, len(dropped), sorted(dropped)[:10])
-    return mapped
 
 
 def _read_weights(

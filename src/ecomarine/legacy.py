@@ -19,7 +19,6 @@ the architecture.
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from . import hub
-from ._checkpoints import PICKLE_HINT, load_torch_state
+from ._checkpoints import DROP, PICKLE_HINT, load_torch_state, remap_keys
 from ._parts import IdentifierParts
 from .config import HeadConfig, IdentifierConfig, PreprocessConfig
 from .errors import ConfigError, DataError, UnsafeFileError, WeightsNotFoundError
@@ -39,8 +38,6 @@ __all__ = [
     "convert_legacy",
     "read_legacy",
 ]
-
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "efficientnet_b4_512_fold0.ckpt"
 CLASSES_NAME = "encoder_classes.npy"
@@ -132,24 +129,19 @@ def convert_legacy(
     for required in ("embedding.weight", "embedding.bias", "arc.weight"):
         if required not in state:
             raise ConfigError(f"{where}: missing legacy tensor {required!r}")
-    mapped: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, tensor in state.items():
+
+    def rename(key: str) -> str | None:
         if key.startswith(_DROPPED_PREFIXES):
-            dropped.append(key)
-        elif key.startswith("model."):
-            mapped["backbone." + key[len("model.") :]] = tensor
-        elif key in ("embedding.weight", "embedding.bias"):
-            mapped["neck." + key.split(".", 1)[1]] = tensor
-        elif key == "arc.weight":
-            mapped["head.weight"] = tensor
-        elif key == "pooling.p":
-            mapped["pool.p"] = tensor.reshape(1)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ConfigError(f"{where}: unknown checkpoint key(s) {sorted(unknown)}")
+            return DROP
+        if key.startswith("model."):
+            return "backbone." + key[len("model.") :]
+        if key in ("embedding.weight", "embedding.bias"):
+            return "neck." + key.split(".", 1)[1]
+        return {"arc.weight": "head.weight", "pooling.p": "pool.p"}.get(key)
+
+    mapped = remap_keys(state, rename, where)
+    if "pool.p" in mapped:
+        mapped["pool.p"] = mapped["pool.p"].reshape(1)
     arc = state["arc.weight"]
     if arc.shape[0] != len(labels):
         raise ConfigError(
@@ -167,6 +159,4 @@ def convert_legacy(
         backbone_num_classes=0,
         name=f"ecomarineai-{backbone}",
     )
-    if dropped:
-        logger.info("%s: dropped unused ImageNet classifier tensors %s", where, dropped)
     return IdentifierParts(config, mapped, tuple(labels), dict(species or {}), where)
