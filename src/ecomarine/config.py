@@ -403,7 +403,15 @@ class IdentifierConfig:
         }
         if self.members != 1:
             out["members"] = self.members
-        # Only when not the defaults, so that earlier fingerprints stay valid.
+        out.update(self._backbone_fields())
+        return out
+
+    def _backbone_fields(self) -> dict[str, Any]:
+        """``family`` and ``backbone_args``, only when not the defaults.
+
+        So that earlier files and gallery fingerprints stay as they were.
+        """
+        out: dict[str, Any] = {}
         if self.family != "timm":
             out["family"] = self.family
         if self.backbone_args:
@@ -436,10 +444,7 @@ class IdentifierConfig:
             out["uncertainty"] = self.uncertainty.to_dict()
         if self.sighting_uncertainty is not None:
             out["sighting_uncertainty"] = self.sighting_uncertainty.to_dict()
-        if self.family != "timm":
-            out["family"] = self.family
-        if self.backbone_args:
-            out["backbone_args"] = dict(self.backbone_args)
+        out.update(self._backbone_fields())
         for key in ("license", "source"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
