@@ -439,3 +439,11 @@ def test_cli_compare_with_a_hub_model_says_its_licence(
     # Said when each model loads, through the licence logger the CLI always shows.
     assert "weights licensed cc-by-nc-4.0: non-commercial use only" in caplog.text
     assert f"model hf-hub:{DINO_REPO}: weights licensed apache-2.0" in caplog.text
+
+
+def test_unreadable_open_clip_image_size_refused(tmp_path: Path) -> None:
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": {"embed_dim": 16, "vision_cfg": {"image_size": "abc"}}})
+    )
+    with pytest.raises(ConfigError, match="unreadable open_clip preprocess_cfg"):
+        Identifier.from_pretrained(tmp_path, device="cpu")

@@ -135,22 +135,48 @@ def read_timm_hub(
 
 def _timm_preprocess(cfg: Mapping[str, Any], where: str) -> PreprocessConfig:
     """Timm's evaluation transform from a ``pretrained_cfg``."""
-    size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
-    interpolation = str(cfg.get("interpolation") or "bicubic")
     crop_mode = str(cfg.get("crop_mode") or "center")
     if crop_mode not in ("center", "squash"):
         raise ConfigError(f"{where}: timm crop_mode {crop_mode!r} is not supported")
+    return _preprocess(
+        f"{where}: unreadable timm pretrained_cfg",
+        size=cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224),
+        mean=cfg.get("mean", (0.485, 0.456, 0.406)),
+        std=cfg.get("std", (0.229, 0.224, 0.225)),
+        interpolation=cfg.get("interpolation"),
+        resize="crop" if crop_mode == "center" else "squash",
+        crop_pct=cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875,
+    )
+
+
+def _preprocess(
+    unreadable: str,
+    *,
+    size: Any,
+    mean: Any,
+    std: Any,
+    interpolation: Any,
+    resize: str,
+    crop_pct: Any = 1.0,
+) -> PreprocessConfig:
+    """A preprocessing config from a published config's values, every conversion checked.
+
+    ``size`` is an int or ``[..., height, width]``; interpolations ecomarine lacks read as
+    bicubic.
+    """
     try:
+        height, width = (size, size) if isinstance(size, int) else (size[-2], size[-1])
+        name = str(interpolation or "bicubic")
         return PreprocessConfig(
-            input_size=(int(size[-2]), int(size[-1])),
-            mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
-            interpolation=interpolation if interpolation in ("bilinear", "nearest") else "bicubic",
-            resize="crop" if crop_mode == "center" else "squash",
-            crop_pct=float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875),
+            input_size=(int(height), int(width)),
+            mean=tuple(float(v) for v in mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in std),  # type: ignore[arg-type]
+            interpolation=name if name in ("bilinear", "nearest") else "bicubic",
+            resize=resize,
+            crop_pct=float(crop_pct),
         )
-    except (TypeError, ValueError, IndexError) as exc:
-        raise ConfigError(f"{where}: unreadable timm pretrained_cfg ({exc})") from exc
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise ConfigError(f"{unreadable} ({exc})") from exc
 
 
 def _meta_timm(config: IdentifierConfig, where: str) -> Any:
@@ -288,22 +314,17 @@ def read_open_clip(location: hub.HubLocation, *, allow_pickle: bool = False) -> 
 def _clip_preprocess(
     args: Mapping[str, Any], pcfg: Mapping[str, Any], where: str
 ) -> PreprocessConfig:
-    size = args["vision_cfg"].get("image_size", 224)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
     mode = str(pcfg.get("resize_mode") or "shortest")
     if mode not in _OPEN_CLIP_RESIZE:
         raise ConfigError(f"{where}: open_clip resize_mode {mode!r} is not supported")
-    interpolation = str(pcfg.get("interpolation") or "bicubic")
-    try:
-        return PreprocessConfig(
-            input_size=(int(height), int(width)),
-            mean=tuple(float(v) for v in pcfg.get("mean", _OPENAI_MEAN)),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in pcfg.get("std", _OPENAI_STD)),  # type: ignore[arg-type]
-            interpolation=interpolation if interpolation in ("bilinear", "nearest") else "bicubic",
-            resize=_OPEN_CLIP_RESIZE[mode],
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: unreadable open_clip preprocess_cfg ({exc})") from exc
+    return _preprocess(
+        f"{where}: unreadable open_clip preprocess_cfg",
+        size=args["vision_cfg"].get("image_size", 224),
+        mean=pcfg.get("mean", _OPENAI_MEAN),
+        std=pcfg.get("std", _OPENAI_STD),
+        interpolation=pcfg.get("interpolation"),
+        resize=_OPEN_CLIP_RESIZE[mode],
+    )
 
 
 # --- shared -------------------------------------------------------------------------------
