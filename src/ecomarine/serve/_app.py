@@ -450,9 +450,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> FastAPI
 
 def _license_of(pipeline: Pipeline) -> str | None:
     """The model's licence, when known: the bundled weights ship under the package's."""
-    value = getattr(pipeline.identifier.config, "license", None)
-    if value is not None:
-        return str(value)
+    if pipeline.identifier.config.license is not None:
+        return pipeline.identifier.config.license
     if pipeline.identifier.config.name.startswith("embedded"):
         return "Apache-2.0 (ecomarine's bundled weights)"
     return None  # see the model's own card
