@@ -167,8 +167,7 @@ class _Predictor:
                     gate_score=None,
                     rejection_reason="unreadable_image",
                     error=str(batch["error"][i]),
-                    model_id=self.pipeline.identifier.config.name,
-                    model_license=self.pipeline.identifier.config.license,
+                    **self.pipeline.model_fields,
                 )
             else:
                 pred = dataclasses.replace(pred, source=path)

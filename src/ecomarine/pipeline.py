@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -97,6 +97,13 @@ class _Item:
     gate_input: torch.Tensor | None = None
     ident_input: torch.Tensor | None = None
     error: InvalidImageError | None = None
+
+
+class ModelFields(TypedDict):
+    """The fields every record carries about the model that made it."""
+
+    model_id: str
+    model_license: str | None
 
 
 class Pipeline(PretrainedMixin):
@@ -190,6 +197,12 @@ class Pipeline(PretrainedMixin):
         elif gallery is not None:
             gal = Gallery.load(gallery, expected_fingerprint=identifier.fingerprint(kind))
         return cls(identifier, gate_obj, gal, embedding_kind=kind)
+
+    @property
+    def model_fields(self) -> ModelFields:
+        """Which model made a record: ``model_id`` and ``model_license``, for every record."""
+        config = self.identifier.config
+        return {"model_id": config.name, "model_license": config.license}
 
     def attach_gallery(self, gallery: Gallery) -> None:
         """Attach a gallery, checking that it holds this identifier's kind of vectors.
@@ -476,8 +489,7 @@ class Pipeline(PretrainedMixin):
                         ind: tuple(dataclasses.replace(e, photo=positions[i][e.photo]) for e in ev)
                         for ind, ev in ans.evidence.items()
                     },
-                    model_id=self.identifier.config.name,
-                    model_license=self.identifier.config.license,
+                    **self.model_fields,
                     **extra,
                 )
         elif voting:
@@ -489,8 +501,7 @@ class Pipeline(PretrainedMixin):
                 sighting_id=ids[i],
                 photos=tuple(photos[i]),
                 rejection_reason="no_accepted_photo" if photos[i] else "empty_sighting",
-                model_id=self.identifier.config.name,
-                model_license=self.identifier.config.license,
+                **self.model_fields,
             )
             for i in range(len(ids))
         ]
@@ -520,8 +531,7 @@ class Pipeline(PretrainedMixin):
             species_score=share,
             photos=tuple(photos),
             candidate_source="head" if cands else None,
-            model_id=self.identifier.config.name,
-            model_license=self.identifier.config.license,
+            **self.model_fields,
         )
 
     def _stream(
@@ -651,8 +661,7 @@ class Pipeline(PretrainedMixin):
         return Prediction(
             source=item.source,
             sha256=item.sha256,
-            model_id=self.identifier.config.name,
-            model_license=self.identifier.config.license,
+            **self.model_fields,
             **fields,
         )
 
