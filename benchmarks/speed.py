@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ecomarine import Gate, Pipeline
+from ecomarine import Gate, Identifier, Pipeline
+from ecomarine._fuse import Traced
 from ecomarine._gate_embedded import EmbeddedBackend
 from ecomarine.config import PreprocessConfig
 from ecomarine.index import VectorIndex, faiss_available
@@ -79,6 +83,22 @@ def naive_preprocess(img: Image.Image, pp: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def cpu_model() -> str:
+    """The CPU's name and widest vector extensions (figures differ a lot between them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "?"
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}; {', '.join(isa) or 'no AVX2'}"
+
+
 def timed(fn: Any, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -86,6 +106,47 @@ def timed(fn: Any, repeats: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def bare_onnxruntime_peer(
+    gate_backend: EmbeddedBackend, ident: Identifier, photos: list[Path], batch: int
+) -> Any:
+    """The loop a user would write with timm and ONNX Runtime, as a peer to compare with.
+
+    The same two networks exported once with ``torch.onnx.export`` and run by default
+    ONNX Runtime sessions; photos decoded fully by Pillow, resized and normalised with
+    NumPy, in batches.
+    """
+    import onnxruntime as ort
+
+    def session(fn: Any, shape: tuple[int, ...]) -> Any:
+        buf = io.BytesIO()
+        module = Traced(fn.__self__, fn)
+        x = torch.zeros((1, *shape))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n_out = len(module(x))
+            torch.onnx.export(
+                module, (x,), buf, input_names=["x"],
+                output_names=[f"y{i}" for i in range(n_out)],
+                dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False,
+            )  # fmt: skip
+        return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+
+    gpp, ipp = gate_backend.model.config.preprocess, ident.config.preprocess
+    gate_net = gate_backend.model
+    g_sess = session(gate_net._imagenet_tuple, (3, gpp.height, gpp.width))
+    i_sess = session(ident._all_kinds, (3, ipp.height, ipp.width))
+
+    def run() -> None:
+        for s in range(0, len(photos), batch):
+            imgs = [Image.open(p).convert("RGB") for p in photos[s : s + batch]]
+            g = np.stack([naive_preprocess(im, gpp) for im in imgs])
+            i = np.stack([naive_preprocess(im, ipp) for im in imgs])
+            g_sess.run(None, {"x": g})
+            i_sess.run(None, {"x": i})
+
+    return run
 
 
 def throughput(
@@ -143,10 +204,10 @@ def throughput(
         n = sum(1 for _ in pipe.predict_many(photos, batch_size=batch, num_workers=workers))
         assert n == len(photos)
 
-    def on_onnxruntime(fn: Any) -> Any:
-        # The same calls with ECOMARINE_BACKEND=onnxruntime (sessions cached beside graphs).
+    def on_backend(name: str, fn: Any) -> Any:
+        # The same calls with ECOMARINE_BACKEND=name (sessions cached beside graphs).
         def run() -> None:
-            os.environ["ECOMARINE_BACKEND"] = "onnxruntime"
+            os.environ["ECOMARINE_BACKEND"] = name
             try:
                 fn()
             finally:
@@ -154,22 +215,28 @@ def throughput(
 
         return run
 
-    networks_onnxruntime = on_onnxruntime(networks)
-    pipeline_onnxruntime = on_onnxruntime(pipeline)
+    backends = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b)]
+    on = {}
+    for b in backends:
+        on[f"networks_{b}"] = on_backend(b, networks)
+        on[f"pipeline_{b}"] = on_backend(b, pipeline)
     for _ in range(3):  # build the sessions (a shape is exported once it comes back)
-        networks_onnxruntime()
-        pipeline_onnxruntime()
+        for fn in on.values():
+            fn()
+    peer = (
+        bare_onnxruntime_peer(backend, ident, photos, batch) if "onnxruntime" in backends else None
+    )
     pipeline()  # warm-up (thread pools, allocator, oneDNN kernels)
     networks()
-    variants = (
+    variants = [
         ("reference", reference),
         ("library_one_at_a_time", library_one_at_a_time),
         ("networks_eager", networks_eager),
         ("networks", networks),
         ("pipeline", pipeline),
-        ("networks_onnxruntime", networks_onnxruntime),
-        ("pipeline_onnxruntime", pipeline_onnxruntime),
-    )
+        *on.items(),
+        *([("peer_timm_onnxruntime", peer)] if peer else []),
+    ]
     # Round-robin, so that a slow spell of a shared machine hits every variant alike.
     runs: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(repeats):
@@ -187,15 +254,28 @@ def throughput(
         ),
         "pipeline_vs_networks_only": round(rate["pipeline"] / rate["networks"], 2),
         "fused_vs_eager_networks": round(rate["networks"] / rate["networks_eager"], 2),
-        "onnxruntime_vs_eager_networks": round(
-            rate["networks_onnxruntime"] / rate["networks_eager"], 2
-        ),
-        "pipeline_onnxruntime_vs_its_networks": round(
-            rate["pipeline_onnxruntime"] / rate["networks_onnxruntime"], 2
-        ),
-        "pipeline_onnxruntime_vs_reference": round(
-            rate["pipeline_onnxruntime"] / rate["reference"], 2
-        ),
+        **{
+            key: value
+            for b in backends
+            for key, value in (
+                (
+                    f"{b}_vs_eager_networks",
+                    round(rate[f"networks_{b}"] / rate["networks_eager"], 2),
+                ),
+                (f"{b}_vs_fused_networks", round(rate[f"networks_{b}"] / rate["networks"], 2)),
+                (
+                    f"pipeline_{b}_vs_its_networks",
+                    round(rate[f"pipeline_{b}"] / rate[f"networks_{b}"], 2),
+                ),
+                (f"pipeline_{b}_vs_reference", round(rate[f"pipeline_{b}"] / rate["reference"], 2)),
+                (
+                    f"pipeline_{b}_vs_peer",
+                    round(rate[f"pipeline_{b}"] / rate["peer_timm_onnxruntime"], 2)
+                    if "peer_timm_onnxruntime" in rate
+                    else None,
+                ),
+            )
+        },
         "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
 
@@ -614,13 +694,48 @@ print(loaded, hwm[1] if len(hwm) > 1 else hwm[0], status('VmHWM:'), status('VmRS
     }
 
 
+def backend_rows(t: dict[str, Any]) -> list[str]:
+    """The optional runtimes' rows of the throughput table (those measured)."""
+    r = t["images_per_s_median"]
+    rows = []
+    for b in ("onnxruntime", "openvino"):
+        if f"networks_{b}" not in r:
+            continue
+        rows += [
+            f"| networks only, `ECOMARINE_BACKEND={b}` | {r[f'networks_{b}']} img/s |",
+            f"| {b} / eager networks (/ fused) | {t[f'{b}_vs_eager_networks']}x "
+            f"({t.get(f'{b}_vs_fused_networks', '-')}x) |",
+            f"| `predict_many` on {b} | {r[f'pipeline_{b}']} img/s "
+            f"({t[f'pipeline_{b}_vs_its_networks']}x its networks, "
+            f"{t[f'pipeline_{b}_vs_reference']}x the reference"
+            + (
+                f", {t[f'pipeline_{b}_vs_peer']}x the timm + ONNX Runtime peer"
+                if t.get(f"pipeline_{b}_vs_peer")
+                else ""
+            )
+            + ") |",
+        ]
+    if "peer_timm_onnxruntime" in r:
+        rows.append(
+            "| peer: the same networks exported to ONNX, default ONNX Runtime sessions, "
+            f"Pillow decode, batches | {r['peer_timm_onnxruntime']} img/s |"
+        )
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     t = res["throughput"]
     r = t["images_per_s_median"]
     lines = [
         f"Measured by `{res['command']}` on {res['machine']}"
         + "".join(f"; then `{r}`" for r in res.get("reruns", []))
-        + ".",
+        + ". "
+        + (
+            f"The throughput rows (down to the peer) come from the last throughput run, on "
+            f"{t['machine']}: compare ratios, not rates, with other parts."
+            if "machine" in t
+            else ""
+        ),
         "",
         "| measurement | value |",
         "| --- | --- |",
@@ -633,17 +748,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"| pipeline / reference | {t['pipeline_vs_reference']}x |",
         f"| pipeline / library one at a time | {t['pipeline_vs_library_one_at_a_time']}x |",
         f"| pipeline / networks only | {t['pipeline_vs_networks_only']}x |",
-        *(
-            [
-                f"| networks only, `ECOMARINE_BACKEND=onnxruntime` | {r['networks_onnxruntime']} img/s |",
-                f"| onnxruntime / eager networks | {t['onnxruntime_vs_eager_networks']}x |",
-                f"| `predict_many` on onnxruntime | {r['pipeline_onnxruntime']} img/s "
-                f"({t['pipeline_onnxruntime_vs_its_networks']}x its networks, "
-                f"{t['pipeline_onnxruntime_vs_reference']}x the reference) |",
-            ]
-            if "networks_onnxruntime" in r
-            else []
-        ),
+        *backend_rows(t),
         f"| embedded gate alone: `Gate.score` on {res['gate']['photos']} real photos | {res['gate']['gate_score_images_per_s']} img/s |",
         f"| embedded gate alone: network on pre-decoded batches | {res['gate']['gate_network_images_per_s']} img/s |",
         *(
@@ -779,12 +884,13 @@ def main() -> None:
         res.update(command=command, reruns=[])
     else:
         res.setdefault("reruns", []).append(f"{command} --parts {args.parts}")
-    res["machine"] = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    res["machine"] = f"{os.cpu_count()} CPU cores ({cpu_model()}), torch {torch.__version__}"
     parts = set(args.parts.split(","))
     if "throughput" in parts:
         res["throughput"] = throughput(
             pipe, photos, batch=16, workers=2, repeats=2 if args.quick else 7
         )
+        res["throughput"]["machine"] = res["machine"]  # parts may come from other machines
         print(json.dumps(res["throughput"], indent=1), flush=True)
     if "gate" in parts:
         res["gate"] = gate_throughput(pipe, photos, batch=16, repeats=2 if args.quick else 3)
