@@ -40,13 +40,17 @@ def _naive(vectors: np.ndarray, ids: list[str], queries: np.ndarray, agg: str) -
         rows = [i for i, x in enumerate(ids) if x == ind]
         for q in queries:
             per_photo[ind].append(max(float(vectors[r] @ q) for r in rows))
-    if agg == "centroid":
+    if agg in ("centroid", "prototype"):
         c = queries.mean(axis=0)
         c = c / np.linalg.norm(c)
-        score = {
-            ind: max(float(vectors[r] @ c) for r, x in enumerate(ids) if x == ind)
-            for ind in per_photo
-        }
+        score = {}
+        for ind in per_photo:
+            own = [vectors[r] for r, x in enumerate(ids) if x == ind]
+            if agg == "centroid":
+                score[ind] = max(float(v @ c) for v in own)
+            else:  # the individual's mean vector, renormalised
+                proto = np.sum(own, axis=0)
+                score[ind] = float(proto @ c / np.linalg.norm(proto))
     else:
         k = {"max": 1, "mean": len(queries)}.get(agg) or int(agg[3:])
         score = {
@@ -75,6 +79,16 @@ def test_set_search_equals_a_naive_loop(aggregation: str) -> None:
             for photo, image, score in h.evidence:
                 assert labels[image] == h.individual
                 assert float(vectors[image] @ queries[photo]) == pytest.approx(score, abs=1e-5)
+
+
+def test_prototype_of_images_that_cancel_out_is_left_out() -> None:
+    # w0's two images are opposite: no direction to compare with, so w0 is not ranked.
+    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 2])
+    q = np.array([[0.6, 0.8, 0.0]], dtype=np.float32)
+    hits = rank_individuals_for_set(v, labels, q, 5, aggregation="prototype")
+    assert [h.individual for h in hits] == [1, 2]
+    assert hits[0].score == pytest.approx(0.8)
 
 
 def test_set_search_refuses_bad_input() -> None:

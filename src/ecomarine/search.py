@@ -30,6 +30,7 @@ __all__ = [
     "Hit",
     "SetHit",
     "check_set_aggregation",
+    "individual_prototypes",
     "individual_rows",
     "photo_individual_scores",
     "rank_individuals",
@@ -224,11 +225,21 @@ def rank_labelled(
 
 #: How a sighting's photos combine into one score per individual. ``"centroid"``: the
 #: photos' vectors are averaged (and renormalised) into one query, scored against each
-#: individual's best-matching image. The others first score every individual by its
-#: best-matching image, photo by photo; then ``"max"`` keeps the best photo, ``"mean"``
-#: averages all photos, and ``"topK"`` (``"top2"``, ``"top3"``, ...) averages the K best
-#: photos (all of them when the sighting has fewer).
-SET_AGGREGATIONS: tuple[str, ...] = ("centroid", "max", "mean", "top2", "top3", "top5")
+#: individual's best-matching image. ``"prototype"``: that averaged query scored against
+#: each individual's averaged (renormalised) catalogue vector, its prototype. The others
+#: first score every individual by its best-matching image, photo by photo; then
+#: ``"max"`` keeps the best photo, ``"mean"`` averages all photos, and ``"topK"``
+#: (``"top2"``, ``"top3"``, ...) averages the K best photos (all of them when the sighting
+#: has fewer).
+SET_AGGREGATIONS: tuple[str, ...] = (
+    "centroid",
+    "prototype",
+    "max",
+    "mean",
+    "top2",
+    "top3",
+    "top5",
+)
 
 
 @dataclass(frozen=True)
@@ -255,12 +266,13 @@ def check_set_aggregation(aggregation: str) -> int | None:
     """  # "centroid" averages vectors, not scores; None says "every photo" for both
     if aggregation == "max":
         return 1
-    if aggregation in ("mean", "centroid"):
+    if aggregation in ("mean", "centroid", "prototype"):
         return None
     if aggregation.startswith("top") and aggregation[3:].isdigit() and int(aggregation[3:]) >= 1:
         return int(aggregation[3:])
     raise GalleryError(
-        "sighting aggregation must be 'centroid', 'max', 'mean' or 'topK' (e.g. 'top3'), "
+        "sighting aggregation must be 'centroid', 'prototype', 'max', 'mean' or 'topK' "
+        "(e.g. 'top3'), "
         f"got {aggregation!r}"
     )
 
@@ -284,6 +296,24 @@ def photo_individual_scores(vectors: _F32, labels: _Arr, queries: _F32) -> _Arr:
     sims = queries @ vectors[order].T  # (Q, N), images grouped by individual
     scores[:, present] = np.maximum.reduceat(sims, starts[present], axis=1)
     return scores
+
+
+def individual_prototypes(vectors: _F32, labels: _Arr) -> _Arr:
+    """Each individual's mean image vector, renormalised (``(I, D)``; NaN rows: no image).
+
+    An individual whose images cancel out (a zero mean) also gets a NaN row: it then
+    scores ``NaN`` and is left out of the ranking, as an individual without images is.
+    """
+    n_ind = int(labels.max()) + 1 if len(labels) else 0
+    sums = np.zeros((n_ind, vectors.shape[1]), dtype=np.float64)
+    if n_ind:
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], np.arange(n_ind))
+        present = np.bincount(labels, minlength=n_ind) > 0
+        sums[present] = np.add.reduceat(vectors[order].astype(np.float64), starts[present])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 1e-6, sums / norms, np.nan)
 
 
 def rank_individuals_for_set(
@@ -310,12 +340,15 @@ def rank_individuals_for_set(
         return []
     labels = np.asarray(labels, np.int64)
     scores = photo_individual_scores(vectors, labels, queries)
-    if aggregation == "centroid":
+    if aggregation in ("centroid", "prototype"):
         centre = queries.mean(axis=0)
         norm = float(np.linalg.norm(centre))
-        # Opposite photos cancel out: fall back to the best photo (nothing to average).
-        centre = centre / norm if norm > 1e-6 else queries[0]
-        combined = photo_individual_scores(vectors, labels, centre[None].astype(np.float32))[0]
+        # Opposite photos cancel out: fall back to the first photo (nothing to average).
+        centre = (centre / norm if norm > 1e-6 else queries[0]).astype(np.float32)
+        if aggregation == "centroid":
+            combined = photo_individual_scores(vectors, labels, centre[None])[0]
+        else:
+            combined = individual_prototypes(vectors, labels) @ centre
     else:
         ranked_photos = -np.sort(-scores, axis=0)  # each individual's photos, best first
         take = len(queries) if k_photos is None else min(k_photos, len(queries))
