@@ -126,7 +126,33 @@ def test_training_is_deterministic_and_resumes(tmp_path: Path, examples_dir: Pat
     assert resumed.losses == pytest.approx(a.losses, rel=1e-4)
 
 
-def test_identity_sampler_and_subcenter(tmp_path: Path, examples_dir: Path) -> None:
+def test_encounter_sampler_spreads_positives_over_encounters() -> None:
+    # Whale 0: encounters a (4 photos), b (1), c (1); whale 1: one encounter of 3.
+    labels = [0, 0, 0, 0, 0, 0, 1, 1, 1]
+    groups = ["a", "a", "a", "a", "b", "c", "d", "d", "d"]
+    sampler = IdentitySampler(
+        labels, ids_per_batch=2, images_per_id=3, rng=np.random.default_rng(0), groups=groups
+    )
+    for batch in sampler:
+        assert len(batch) == 6
+        whale0 = [groups[i] for i in batch if labels[i] == 0]
+        assert sorted(whale0) == ["a", "b", "c"]  # one photo from each encounter
+        assert {groups[i] for i in batch if labels[i] == 1} == {"d"}
+    # Five photos from three encounters: every encounter once, then two of them again.
+    sampler.images_per_id = 5
+    for batch in sampler:
+        whale0 = [groups[i] for i in batch if labels[i] == 0]
+        assert set(whale0) == {"a", "b", "c"}
+        assert len(whale0) == 5
+        assert max(whale0.count(g) for g in "abc") == 2
+    with pytest.raises(DataError, match="one group"):
+        IdentitySampler(labels, 2, 2, np.random.default_rng(0), groups=groups[:3])
+
+
+@pytest.mark.parametrize("batch_sampler", ["identity", "encounter"])
+def test_identity_sampler_and_subcenter(
+    tmp_path: Path, examples_dir: Path, batch_sampler: str
+) -> None:
     rng = np.random.default_rng(0)
     sampler = IdentitySampler([0, 0, 0, 1, 1, 2], ids_per_batch=2, images_per_id=2, rng=rng)
     for batch in sampler:
@@ -139,7 +165,7 @@ def test_identity_sampler_and_subcenter(tmp_path: Path, examples_dir: Path) -> N
             tmp_path / "s",
             epochs=1,
             head="subcenter",
-            sampler="identity",
+            sampler=batch_sampler,
             dynamic_margin=True,
             calibration_csv=None,
         )

@@ -115,8 +115,9 @@ class TrainConfig:
     grad_clip: float = option(5.0, "Gradient-norm clipping.", min=0, min_open=True, max=1e6)
     sampler: str = option(
         "random",
-        "Batches: random, or identities with several photos each.",
-        choices=("random", "identity"),
+        "Batches: random; identities with several photos each; or 'encounter', identities "
+        "with photos from different encounters.",
+        choices=("random", "identity", "encounter"),
     )
     images_per_id: int = option(
         2, "Photos per identity in a batch (identity sampler).", min=1, max=256
@@ -171,8 +172,8 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 1 and batch_size >= 2")
         if self.head not in ("arcface", "subcenter"):
             raise ConfigError("head must be 'arcface' or 'subcenter'")
-        if self.sampler not in ("random", "identity"):
-            raise ConfigError("sampler must be 'random' or 'identity'")
+        if self.sampler not in ("random", "identity", "encounter"):
+            raise ConfigError("sampler must be 'random', 'identity' or 'encounter'")
         if self.lr <= 0:
             raise ConfigError("lr must be positive")
         self.teacher = tuple(self.teacher)

@@ -194,6 +194,10 @@ class IdentitySampler:
 
     Identities with fewer photos are sampled with replacement. One epoch visits every
     identity about ``len(samples) / (ids_per_batch * images_per_id)`` times in total.
+
+    With ``groups`` (each photo's encounter), an identity's photos in a batch come from
+    as many different encounters as it has, one photo each, before any encounter gives a
+    second: the positives then differ in light, angle and season, not only in frame.
     """
 
     def __init__(
@@ -202,12 +206,18 @@ class IdentitySampler:
         ids_per_batch: int,
         images_per_id: int,
         rng: np.random.Generator,
+        groups: Sequence[str] | None = None,
     ) -> None:
         if ids_per_batch < 1 or images_per_id < 1:
             raise DataError("ids_per_batch and images_per_id must be >= 1")
+        if groups is not None and len(groups) != len(labels):
+            raise DataError("one group (encounter) per photo is needed")
         self.by_id: dict[int, list[int]] = defaultdict(list)
+        self.by_group: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, label in enumerate(labels):
             self.by_id[int(label)].append(i)
+            if groups is not None:
+                self.by_group[int(label)][groups[i]].append(i)
         self.ids_per_batch = min(ids_per_batch, len(self.by_id))
         self.images_per_id = images_per_id
         self.n_batches = max(1, len(labels) // (self.ids_per_batch * images_per_id))
@@ -222,7 +232,22 @@ class IdentitySampler:
             chosen = self.rng.choice(ids, size=self.ids_per_batch, replace=False)
             batch: list[int] = []
             for label in chosen.tolist():
+                if self.by_group:
+                    batch += self._across_groups(label)
+                    continue
                 pool = self.by_id[label]
                 replace = len(pool) < self.images_per_id
                 batch += self.rng.choice(pool, size=self.images_per_id, replace=replace).tolist()
             yield batch
+
+    def _across_groups(self, label: int) -> list[int]:
+        """``images_per_id`` photos of one identity, spread over its encounters."""
+        groups = list(self.by_group[label].values())
+        picked: list[int] = []
+        while len(picked) < self.images_per_id:
+            # Each round takes one photo from each encounter, in a fresh random order.
+            for g in self.rng.permutation(len(groups)).tolist():
+                if len(picked) == self.images_per_id:
+                    break
+                picked.append(int(self.rng.choice(groups[g])))
+        return picked

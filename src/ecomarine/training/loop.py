@@ -218,9 +218,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        if cfg.sampler == "identity":
+        if cfg.sampler in ("identity", "encounter"):
             per_id = max(1, cfg.images_per_id)
-            batches = list(IdentitySampler(targets.tolist(), cfg.batch_size // per_id, per_id, rng))
+            groups = (
+                [s.encounter or s.image for s in samples] if cfg.sampler == "encounter" else None
+            )
+            batches = list(
+                IdentitySampler(targets.tolist(), cfg.batch_size // per_id, per_id, rng, groups)
+            )
         else:
             order = rng.permutation(len(samples))
             batches = [
