@@ -6,10 +6,10 @@ whale in one sighting, as the field team annotated it: the sightings come from t
 annotation, not from the model.
 
 The sighting policy is chosen without 2019 data. The aggregation (how photos combine:
-``centroid``, ``max``, ``mean``, ``top2``, ``top3``, ``top5``) is chosen on the
-recipe-selection mimic when ``--select-with`` names a model trained on 2017 only
-(``beluga_train.py --mimic``): 2018 encounters searched among 2017 images, about 300
-sightings. Without it, on the calibration split (58 sightings, 23 of known whales: too
+``centroid``, ``prototype``, ``max``, ``mean``, ``top2``, ``top3``, ``top5``) is chosen on
+the recipe-selection mimic when ``--select-with`` names models trained on 2017 only
+(``beluga_mimic.py train baseline --seed N``; several seeds are averaged): 2018
+encounters searched among 2017 images, 312 sightings (121 of whales seen in 2017). Without it, on the calibration split (58 sightings, 23 of known whales: too
 few to choose by; it chose wrongly once). The sighting threshold always comes from the
 calibration split (held-out 2018 encounters searched among the training images) with the
 chosen aggregation. 2019 is looked at once, with the chosen policy. Reported side by side:
@@ -23,8 +23,10 @@ chosen aggregation. 2019 is looked at once, with the chosen policy. Reported sid
 ``config.json`` (how the shipped embedded model got its sighting policy).
 
 Usage:
-    python benchmarks/beluga_train.py --mimic --out runs/mimic2017
-    python benchmarks/beluga_sightings.py --select-with runs/mimic2017 \
+    python benchmarks/beluga_mimic.py train baseline --seed 0      # runs/mimic/baseline-s0
+    python benchmarks/beluga_mimic.py train baseline --seed 1
+    python benchmarks/beluga_sightings.py \
+        --select-with runs/mimic/baseline-s0 runs/mimic/baseline-s1 \
         --write-config src/ecomarine/weights/embedded/config.json
 """
 
@@ -109,21 +111,36 @@ def rank_sightings(
 
 
 def select_on_mimic(args: argparse.Namespace, split: dict[str, list[Sample]]) -> dict[str, Any]:
-    """Each aggregation on 2018 encounters searched among 2017 images, with the mimic model."""
-    mimic = Identifier.from_pretrained(args.select_with)
+    """Each aggregation on 2018 encounters searched among 2017 images, per mimic model.
+
+    With several mimic models (seeds), each figure is their mean; ``per_model`` keeps
+    every model's own.
+    """
     past = split["gallery"]
     y2017 = [s for s in past if (s.date or "").startswith("2017")]
     y2018 = [s for s in past if (s.date or "").startswith("2018")]
-    cache = args.splits / f"vectors-{mimic.fingerprint('embedding')}.npz"
-    vec = embed_all(mimic, past, cache)
-    out = {}
-    for aggregation in SET_AGGREGATIONS:
-        cands, truths = rank_sightings(vec, y2017, group(y2018), aggregation)
-        chosen = choose_new_individual_threshold(cands, truths)
+    per_model: dict[str, dict[str, Any]] = {}
+    for folder in args.select_with:
+        mimic = Identifier.from_pretrained(folder)
+        cache = args.splits / f"vectors-{mimic.fingerprint('embedding')}.npz"
+        vec = embed_all(mimic, past, cache)
+        for aggregation in SET_AGGREGATIONS:
+            cands, truths = rank_sightings(vec, y2017, group(y2018), aggregation)
+            chosen = choose_new_individual_threshold(cands, truths)
+            per_model.setdefault(aggregation, {})[folder] = {
+                "threshold": chosen.threshold,
+                **figures(cands, truths, chosen.threshold),
+            }
+    out: dict[str, Any] = {}
+    for aggregation, models in per_model.items():
+        first = next(iter(models.values()))
         out[aggregation] = {
-            "threshold": chosen.threshold,
-            **figures(cands, truths, chosen.threshold),
+            key: float(np.mean([m[key] for m in models.values()]))
+            if isinstance(first[key], float)
+            else first[key]
+            for key in first
         }
+        out[aggregation]["per_model"] = models
     return out
 
 
@@ -150,7 +167,10 @@ def main() -> None:
     parser.add_argument("--name", default="beluga_sightings")
     parser.add_argument("--write-config", type=Path, default=None)
     parser.add_argument(
-        "--select-with", default=None, help="a model trained on 2017 only (the mimic)"
+        "--select-with",
+        nargs="+",
+        default=None,
+        help="models trained on 2017 only (the mimic; several seeds are averaged)",
     )
     args = parser.parse_args()
     started = time.perf_counter()
@@ -190,13 +210,13 @@ def main() -> None:
         "(the dataset's annotation, not the model); policy chosen on the calibration split",
         "command": "python benchmarks/beluga_sightings.py --model "
         + args.model
-        + (f" --select-with {args.select_with}" if args.select_with else ""),
+        + (f" --select-with {' '.join(args.select_with)}" if args.select_with else ""),
         "model": ident.config.name,
         "chosen_aggregation": best,
         "sighting_threshold": threshold,
         "photo_threshold": photo_threshold,
-        "selected_on": "mimic: 2018 encounters vs 2017, model trained on 2017 only "
-        f"({args.select_with})"
+        "selected_on": "mimic: 2018 encounters vs 2017, models trained on 2017 only "
+        f"({', '.join(args.select_with)}; mean over them)"
         if mimic
         else "calibration split",
         "mimic": mimic,
@@ -254,8 +274,8 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("mimic"):
         lines += [
             "",
-            "Mimic (2018 encounters as sightings searched among 2017 images, with a model "
-            "trained on 2017 only; where the aggregation was chosen):",
+            "Mimic (2018 encounters as sightings searched among 2017 images, with models "
+            "trained on 2017 only, mean over them; where the aggregation was chosen):",
             "",
             "| aggregation | MAP@5 | top-1 | top-5 | ROC-AUC |",
             "| --- | --- | --- | --- | --- |",

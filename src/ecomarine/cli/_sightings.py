@@ -137,8 +137,8 @@ def sighting_options(func: Any) -> Any:
         click.option(
             "--aggregation",
             default=None,
-            help="How a sighting's photos combine: max, mean, topK (default: the model's "
-            "calibrated choice).",
+            help="How a sighting's photos combine: centroid, prototype, max, mean, topK "
+            "(default: the model's calibrated choice).",
         ),
         click.option(
             "--frame-rate",
