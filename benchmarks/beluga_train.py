@@ -46,6 +46,13 @@ def main() -> None:
     parser.add_argument("--zoom", type=float, default=0.0, help="max relative zoom")
     parser.add_argument("--erase", type=float, default=0.0, help="random-erasing probability")
     parser.add_argument("--m", type=float, default=0.4, help="ArcFace margin")
+    parser.add_argument("--head", choices=["arcface", "subcenter"], default="arcface")
+    parser.add_argument("--subcenter-k", type=int, default=3, help="sub-centres per whale")
+    parser.add_argument(
+        "--dynamic-margin", action="store_true", help="per-whale margins from photo counts"
+    )
+    parser.add_argument("--sampler", choices=["random", "identity", "encounter"], default="random")
+    parser.add_argument("--images-per-id", type=int, default=4, help="identity/encounter sampler")
     parser.add_argument("--teacher", nargs="+", default=[], help="identifier folder(s)")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-temperature", type=float, default=4.0)
@@ -77,7 +84,11 @@ def main() -> None:
             backbone="embedded",
             input_size=(int(args.input_size.split("x")[0]), int(args.input_size.split("x")[1])),
             embedding_size=512,
-            head="arcface",
+            head=args.head,
+            subcenter_k=args.subcenter_k,
+            dynamic_margin=args.dynamic_margin,
+            sampler=args.sampler,
+            images_per_id=args.images_per_id,
             s=30.0,
             m=args.m,
             epochs=args.epochs,
@@ -103,6 +114,17 @@ def main() -> None:
                 f"python benchmarks/beluga_train.py --epochs {args.epochs} --seed {args.seed} "
                 f"--input-size {args.input_size} --rotate {args.rotate} --zoom {args.zoom} "
                 f"--erase {args.erase} --m {args.m}"
+                + (
+                    f" --head subcenter --subcenter-k {args.subcenter_k}"
+                    if args.head == "subcenter"
+                    else ""
+                )
+                + (" --dynamic-margin" if args.dynamic_margin else "")
+                + (
+                    f" --sampler {args.sampler} --images-per-id {args.images_per_id}"
+                    if args.sampler != "random"
+                    else ""
+                )
                 + _distill_args(args)
                 + (" --mimic" if args.mimic else "")
             ),
