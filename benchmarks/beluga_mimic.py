@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from beluga_data import prepare
+from beluga_posthoc import l2
 
 from ecomarine import Identifier
 from ecomarine.calibration import calibrate_open_set
@@ -86,10 +87,6 @@ LEVERS: dict[str, Lever] = {
 }
 
 
-def unit(x: Arr) -> Arr:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def embed(ident: Identifier, samples: Sequence[Sample]) -> tuple[Arr, Arr]:
     """Vectors of the photos and of their mirror images, each photo decoded once."""
     plain, mirrored = [], []
@@ -108,11 +105,11 @@ def expand(queries: Arr, pool: Arr, *, skip_self: bool, n: int = 2, alpha: float
         np.fill_diagonal(sims, -np.inf)
     top = np.argsort(-sims, axis=1)[:, :n]
     w = np.maximum(np.take_along_axis(sims, top, axis=1), 0.0) ** alpha
-    return unit(queries + np.einsum("qn,qnd->qd", w, pool[top])).astype(np.float32)
+    return l2(queries + np.einsum("qn,qnd->qd", w, pool[top])).astype(np.float32)
 
 
 def figures(
-    gallery: Arr, g_samples: Sequence[Sample], queries: Arr, q_samples: Sequence[Sample]
+    gallery: Arr, queries: Arr, g_samples: Sequence[Sample], q_samples: Sequence[Sample]
 ) -> dict[str, Any]:
     """Top-1/top-5 of known queries, MAP@5 with the gallery-only threshold, ROC-AUC."""
     g_ids = [s.individual_id for s in g_samples]
@@ -146,7 +143,7 @@ def posthoc_views(
         np.savez(cache, g=g, q=q, gf=gf, qf=qf)
     return {
         "plain": (g, q),
-        "flip": (unit(g + gf), unit(q + qf)),
+        "flip": (l2(g + gf), l2(q + qf)),
         "qe": (g, expand(q, g, skip_self=False)),
         "season": (g, expand(q, q, skip_self=True)),
     }
@@ -175,12 +172,12 @@ def evaluate(args: argparse.Namespace) -> None:
             cache = args.runs / f"vectors-{ident.fingerprint('embedding')}.npz"
             views = posthoc_views(ident, past, present, cache)
             seed = folder.name.rsplit("-s", 1)[1]
-            rows.setdefault(lever, {})[seed] = figures(*_pair(views["plain"], past, present))
+            rows.setdefault(lever, {})[seed] = figures(*views["plain"], past, present)
             if lever != "baseline":
                 continue
             for name, spec in LEVERS.items():
                 if spec.posthoc is not None:
-                    fig = figures(*_pair(views[spec.posthoc], past, present))
+                    fig = figures(*views[spec.posthoc], past, present)
                     rows.setdefault(name, {})[seed] = fig
     result = {
         "protocol": "mimic (DESIGN.md): trained on 2017 only; 2018 photos searched among "
@@ -199,12 +196,6 @@ def evaluate(args: argparse.Namespace) -> None:
     md = markdown(result)
     (args.results / "beluga_mimic.md").write_text(md)
     print(md)
-
-
-def _pair(
-    view: tuple[Arr, Arr], past: Sequence[Sample], present: Sequence[Sample]
-) -> tuple[Arr, Sequence[Sample], Arr, Sequence[Sample]]:
-    return view[0], past, view[1], present
 
 
 def summary(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import io
 import json
 import os
 import statistics
@@ -37,12 +36,13 @@ import torch
 from PIL import Image
 
 from ecomarine import Gate, Identifier, Pipeline
-from ecomarine._fuse import Traced
+from ecomarine._fuse import BACKENDS, Traced, export_onnx
 from ecomarine._gate_embedded import EmbeddedBackend
 from ecomarine.config import PreprocessConfig
 from ecomarine.index import VectorIndex, faiss_available
 
 CACHE = Path("benchmarks/cache")
+RUNTIMES = [b for b in BACKENDS if b != "torch"]  # the optional runtimes
 ALL_PARTS = "throughput,gate,gatecost,first,memory,search,exact,precision"
 BASELINE_GATE = Path("benchmarks/baselines/gate-log-probs")
 
@@ -120,18 +120,10 @@ def bare_onnxruntime_peer(
     import onnxruntime as ort
 
     def session(fn: Any, shape: tuple[int, ...]) -> Any:
-        buf = io.BytesIO()
-        module = Traced(fn.__self__, fn)
-        x = torch.zeros((1, *shape))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            n_out = len(module(x))
-            torch.onnx.export(
-                module, (x,), buf, input_names=["x"],
-                output_names=[f"y{i}" for i in range(n_out)],
-                dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False,
-            )  # fmt: skip
-        return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+            model = export_onnx(Traced(fn.__self__, fn), torch.zeros((1, *shape)))
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
     gpp, ipp = gate_backend.model.config.preprocess, ident.config.preprocess
     gate_net = gate_backend.model
@@ -215,7 +207,7 @@ def throughput(
 
         return run
 
-    backends = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b)]
+    backends = [b for b in RUNTIMES if importlib.util.find_spec(b)]
     on = {}
     for b in backends:
         on[f"networks_{b}"] = on_backend(b, networks)
@@ -698,7 +690,7 @@ def backend_rows(t: dict[str, Any]) -> list[str]:
     """The optional runtimes' rows of the throughput table (those measured)."""
     r = t["images_per_s_median"]
     rows = []
-    for b in ("onnxruntime", "openvino"):
+    for b in RUNTIMES:
         if f"networks_{b}" not in r:
             continue
         rows += [

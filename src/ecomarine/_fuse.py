@@ -47,6 +47,7 @@ __all__ = [
     "MIN_COSINE",
     "FusedCache",
     "Traced",
+    "export_onnx",
     "fusion_enabled",
     "inference_backend",
 ]
@@ -59,12 +60,6 @@ MIN_COSINE = 0.9999
 BUILD_AFTER = 2
 
 
-#: Inference backends of the fused path (``ECOMARINE_BACKEND``).
-BACKENDS = ("torch", "onnxruntime", "openvino")
-#: The extra that installs each optional backend's runtime.
-_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
-
-
 def inference_backend() -> str:
     """The fused path's backend: ``ECOMARINE_BACKEND`` (``torch`` by default).
 
@@ -74,11 +69,11 @@ def inference_backend() -> str:
     value = os.environ.get("ECOMARINE_BACKEND", "torch").strip().lower() or "torch"
     if value not in BACKENDS:
         raise ConfigError(f"ECOMARINE_BACKEND must be one of {BACKENDS}, got {value!r}")
-    if value in _EXTRAS:
+    if value in _RUNTIMES:
         try:
             importlib.import_module(value)
         except ImportError as exc:
-            extra = _EXTRAS[value]
+            extra = _RUNTIMES[value].extra
             raise ConfigError(
                 f'ECOMARINE_BACKEND={value} needs the "{extra}" extra: '
                 f'pip install "ecomarine[{extra}]"'
@@ -196,6 +191,25 @@ class FusedCache:
         return graph
 
 
+def export_onnx(module: nn.Module, example: Tensor) -> bytes:
+    """``module`` (returning a tuple of tensors) as ONNX bytes, batch axis dynamic.
+
+    Input ``x``, outputs ``y0, y1, ...``; opset 17, TorchScript exporter. Call it under ``torch.no_grad()``; the exporter's tracing notes are the caller's to
+    silence.
+    """
+    import io  # noqa: PLC0415
+
+    n_out = len(module(example))
+    buf = io.BytesIO()
+    torch.onnx.export(
+        module, (example,), buf, input_names=["x"],  # type: ignore[arg-type]
+        output_names=[f"y{i}" for i in range(n_out)],
+        dynamic_axes={"x": {0: "batch"}, **{f"y{i}": {0: "batch"} for i in range(n_out)}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
 class _ExportedGraph:
     """A module exported to ONNX and run by another runtime, standing in for its function.
 
@@ -208,27 +222,20 @@ class _ExportedGraph:
     """
 
     runtime = ""
+    #: The ecomarine extra that installs the runtime.
+    extra = ""
 
     def __init__(self, module: nn.Module, x: Tensor, key: tuple[Any, ...]) -> None:
-        import io  # noqa: PLC0415
-
         gen = torch.Generator().manual_seed(0)
         probe = torch.randn((2, *x.shape[1:]), generator=gen, dtype=x.dtype)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on tracing
             sample = x.detach().clone()
-            n_out = len(module(probe))
-            buf = io.BytesIO()
             try:
-                torch.onnx.export(
-                    module, (probe,), buf, input_names=["x"],  # type: ignore[arg-type]
-                    output_names=[f"y{i}" for i in range(n_out)],
-                    dynamic_axes={"x": {0: "batch"}, **{f"y{i}": {0: "batch"} for i in range(n_out)}},
-                    opset_version=17, dynamo=False,
-                )  # fmt: skip
+                onnx_model = export_onnx(module, probe)
             except Exception as exc:  # the exporter raises many kinds
                 raise ConfigError(f"cannot export {key[0]} to ONNX: {exc}") from exc
-            self._load(buf.getvalue())
+            self._load(onnx_model)
             for batch in (probe, sample):
                 if not _agree(tuple(module(batch)), self(batch)):
                     raise ConfigError(
@@ -252,6 +259,7 @@ class _OrtGraph(_ExportedGraph):
     """An ONNX Runtime session (``ECOMARINE_BACKEND=onnxruntime``)."""
 
     runtime = "ONNX Runtime"
+    extra = "onnx"
 
     def _load(self, onnx_model: bytes) -> None:
         import onnxruntime as ort  # noqa: PLC0415 - optional dependency
@@ -275,6 +283,7 @@ class _OpenVinoGraph(_ExportedGraph):
     """
 
     runtime = "OpenVINO"
+    extra = "openvino"
 
     def _load(self, onnx_model: bytes) -> None:
         import openvino as ov  # noqa: PLC0415 - optional dependency
@@ -301,3 +310,6 @@ _RUNTIMES: dict[str, type[_ExportedGraph]] = {
     "onnxruntime": _OrtGraph,
     "openvino": _OpenVinoGraph,
 }
+
+#: Inference backends of the fused path (``ECOMARINE_BACKEND``).
+BACKENDS: tuple[str, ...] = ("torch", *_RUNTIMES)
