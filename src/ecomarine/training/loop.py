@@ -24,14 +24,15 @@ from .._atomic import atomic_write_bytes, atomic_write_text
 from .._device import conv_layout, resolve_device
 from ..calibration import calibrate_identifier
 from ..config import HeadConfig, IdentifierConfig, PreprocessConfig
+from ..embedded import LITE_WEIGHTS, load_lite_imagenet
 from ..errors import ConfigError, DataError, WeightsNotFoundError
-from ..heads import dynamic_margins
+from ..heads import ArcMarginProduct, SubCenterArcMarginProduct, dynamic_margins
 from ..identifier import Identifier
 from ..metrics import known_top_k_accuracy
 from ..model_card import calibration_section, identifier_card
 from ..search import rank_labelled
 from ..types import EmbeddingKind
-from .config import EMBEDDED_BACKBONE, TrainConfig
+from .config import OFFLINE_BACKBONES, TrainConfig
 from .data import (
     CatalogImages,
     IdentitySampler,
@@ -70,7 +71,8 @@ class TrainResult:
 
 def build_model(cfg: TrainConfig, labels: Sequence[str], species: dict[str, str]) -> Identifier:
     """A fresh identifier with a pretrained backbone, a neck and an ArcFace head."""
-    backbone = "tf_efficientnet_lite0" if cfg.backbone == EMBEDDED_BACKBONE else cfg.backbone
+    variant = OFFLINE_BACKBONES.get(cfg.backbone)
+    backbone = LITE_WEIGHTS[variant][0] if variant else cfg.backbone
     config = IdentifierConfig(
         backbone=backbone,
         pooling=cfg.pooling,
@@ -82,13 +84,11 @@ def build_model(cfg: TrainConfig, labels: Sequence[str], species: dict[str, str]
     )
     model = Identifier(config, labels, species)
     if cfg.pretrained:
-        if cfg.backbone == EMBEDDED_BACKBONE:
+        if variant:
             import timm  # noqa: PLC0415
 
-            from ..embedded import load_lite0_imagenet  # noqa: PLC0415
-
-            full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-            load_lite0_imagenet(full)
+            full = timm.create_model(backbone, pretrained=False)
+            load_lite_imagenet(full, variant)
             state = {k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")}
             model.backbone.load_state_dict(state, strict=True)
         else:
@@ -179,10 +179,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         samples, calib = split_by_group_hash(samples, cfg.calibration_fraction)
     if not samples:
         raise DataError("no training samples left after the calibration split")
-    labels = sorted({s.individual_id for s in samples})
+    labels = head_individuals(samples, cfg.head_min_encounters)
     label_index = {x: i for i, x in enumerate(labels)}
     species = {s.individual_id: s.species for s in samples if s.species}
-    targets = np.array([label_index[s.individual_id] for s in samples])
+    # -1: an individual out of the head (a negative only, see head_min_encounters).
+    targets = np.array([label_index.get(s.individual_id, -1) for s in samples])
+    if (targets < 0).any() and cfg.sampler != "random":
+        raise ConfigError(
+            "head_min_encounters > 1 needs sampler='random' (the identity samplers draw "
+            "individuals of the head only)"
+        )
     rng = _seed_all(cfg.seed)
     device = resolve_device(cfg.device)
     model = build_model(cfg, labels, species).to(device)
@@ -244,7 +250,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if model.head is None:  # build_model always gives one
                     raise ConfigError("training needs an identifier with a head")
                 emb = model(x)
-                loss = F.cross_entropy(model.head(emb, y).float(), y)
+                loss = _head_loss(model.head, emb, y)
                 if teacher is not None:
                     loss = loss + _distillation(cfg, model, teacher, x, emb)
             if not bool(torch.isfinite(loss.detach())):
@@ -327,6 +333,59 @@ def train(cfg: TrainConfig) -> TrainResult:
         + "\n",
     )
     return TrainResult(out, losses, validation, calibration, seconds)
+
+
+def head_individuals(samples: Sequence[Sample], min_encounters: int = 1) -> list[str]:
+    """The individuals of the ArcFace head: those seen in ``min_encounters`` or more.
+
+    A photo without an encounter counts as an encounter of its own.
+
+    Raises:
+        DataError: ``min_encounters > 1`` without any encounter column, or no individual
+            left for the head.
+    """
+    if min_encounters <= 1:
+        return sorted({s.individual_id for s in samples})
+    if not any(s.encounter for s in samples):
+        raise DataError(
+            f"head_min_encounters={min_encounters} needs the encounter column in the catalogue"
+        )
+    seen: dict[str, set[str]] = {}
+    for s in samples:
+        seen.setdefault(s.individual_id, set()).add(s.encounter or s.image)
+    labels = sorted(i for i, groups in seen.items() if len(groups) >= min_encounters)
+    if not labels:
+        raise DataError(f"no individual is seen in {min_encounters} or more encounters")
+    logger.info(
+        "%d of %d individuals in the head (seen in >= %d encounters); the other %d train as "
+        "negatives",
+        len(labels),
+        len(seen),
+        min_encounters,
+        len(seen) - len(labels),
+    )
+    return labels
+
+
+def _head_loss(
+    head: ArcMarginProduct | SubCenterArcMarginProduct, emb: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """ArcFace cross-entropy, and the entropic open-set loss for rows labelled -1.
+
+    Rows out of the head are pushed away from every class centre: a uniform target over
+    the classes (Dhamija et al. 2018), on logits without the margin.
+    """
+    inside = y >= 0
+    if bool(inside.all()):
+        return F.cross_entropy(head(emb, y).float(), y)
+    total = torch.zeros((), device=emb.device)
+    if bool(inside.any()):
+        total = total + F.cross_entropy(
+            head(emb[inside], y[inside]).float(), y[inside], reduction="sum"
+        )
+    outside = head(emb[~inside]).float()
+    total = total - F.log_softmax(outside, dim=1).mean(dim=1).sum()
+    return total / len(y)
 
 
 def _teacher(
