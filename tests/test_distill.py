@@ -205,6 +205,39 @@ def test_cli_calibrate_in_place_and_to_a_copy(
     assert (teacher_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_cli_calibrate_switches_the_test_time_flip(
+    tmp_path: Path,
+    examples_dir: Path,
+    teacher_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ecomarine.cli import main
+
+    belugas = examples_dir / "belugas"
+    train_csv, calib_csv = _open_set_split(examples_dir, tmp_path / "csv")
+    args = ["calibrate", str(teacher_dir), "--csv", str(train_csv)]
+    args += ["--calibration-csv", str(calib_csv), "--images", str(belugas)]
+    assert main([*args, "--test-time-flip", "--out", str(tmp_path / "tta")]) == 0
+    assert "sighting and uncertainty calibrations dropped" in capsys.readouterr().out
+    tta = Identifier.from_pretrained(tmp_path / "tta", device="cpu")
+    assert tta.config.test_time_flip is True
+    assert tta.config.uncertainty is None
+    assert not tta.config.sighting_thresholds
+    # The thresholds were chosen on the flipped-and-averaged vectors.
+    ident = Identifier.from_pretrained(teacher_dir, device="cpu")
+    ident.config = ident.config.replace(test_time_flip=True)
+    expected = calibrate_identifier(
+        ident, read_catalog_csv(train_csv, belugas), read_catalog_csv(calib_csv, belugas)
+    )
+    assert tta.new_individual_threshold == pytest.approx(expected["embedding"]["threshold"])
+    record = json.loads((tmp_path / "tta" / "calibration.json").read_text())
+    assert record["command"].endswith(" --test-time-flip")
+    # And back off.
+    back = ["calibrate", str(tmp_path / "tta"), *args[2:], "--no-test-time-flip"]
+    assert main(back) == 0, capsys.readouterr().err
+    assert Identifier.from_pretrained(tmp_path / "tta").config.test_time_flip is False
+
+
 def test_cli_calibrate_errors_are_one_line(
     tmp_path: Path, examples_dir: Path, teacher_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

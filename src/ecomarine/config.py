@@ -56,7 +56,7 @@ MAX_CLASSES: Final = 100_000
 # the network or the file system from a config file).
 _TIMM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,127}$")
 
-_POOLINGS = ("gem", "avg", "backbone")
+_POOLINGS = ("gem", "gem2", "avg", "backbone")
 _NECKS = ("bn", "linear", "batchnorm", "none")
 _HEADS = ("arcface", "subcenter")
 _RESIZES = ("squash", "letterbox", "crop")
@@ -269,7 +269,10 @@ class IdentifierConfig:
     Attributes:
         backbone: Any timm model name (for ``family="open_clip"``: the open_clip model
             name, for messages only; ``backbone_args`` defines the tower).
-        pooling: ``"gem"`` (learnable generalised mean), ``"avg"``, or ``"backbone"`` (the
+        pooling: ``"gem"`` (learnable generalised mean), ``"gem2"`` (GeM over the final
+            feature map and over the last stage a stride before it, concatenated: finer
+            markings at twice the resolution; timm backbones with ``forward_intermediates``),
+            ``"avg"``, or ``"backbone"`` (the
             network's own pooling: timm's ``forward_head(pre_logits=True)``, e.g. a ViT's
             class token or a Swin's average; an open_clip tower's projected output).
         neck: ``"bn"`` (Linear + BatchNorm1d), ``"linear"``, ``"batchnorm"`` (BatchNorm1d
@@ -308,6 +311,10 @@ class IdentifierConfig:
             Darwin Core metadata.
         source: Where the weights were imported from (e.g.
             ``"hf-hub:BVRA/MegaDescriptor-T-224"``).
+        test_time_flip: Average each photo's vectors with those of its mirror image
+            (horizontal flip) before normalising: flip test-time augmentation. Twice the
+            identifier's cost; changes the vectors (galleries are re-embedded), so the
+            thresholds must be calibrated with it on.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -328,6 +335,7 @@ class IdentifierConfig:
     backbone_args: Mapping[str, Any] = field(default_factory=dict)
     license: str | None = None
     source: str | None = None
+    test_time_flip: bool = False
 
     def __post_init__(self) -> None:
         where = "config"
@@ -407,7 +415,7 @@ class IdentifierConfig:
         return out
 
     def _backbone_fields(self) -> dict[str, Any]:
-        """``family`` and ``backbone_args``, only when not the defaults.
+        """``family``, ``backbone_args`` and ``test_time_flip``, only when not the defaults.
 
         So that earlier files and gallery fingerprints stay as they were.
         """
@@ -416,6 +424,8 @@ class IdentifierConfig:
             out["family"] = self.family
         if self.backbone_args:
             out["backbone_args"] = dict(self.backbone_args)
+        if self.test_time_flip:
+            out["test_time_flip"] = True
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -500,6 +510,7 @@ class IdentifierConfig:
             "name": str,
             "members": int,
             "family": str,
+            "test_time_flip": bool,
         }
         for key, kind in simple.items():
             if key in body:

@@ -249,8 +249,10 @@ class Identifier(PretrainedMixin, nn.Module):
         The features are what the neck reads, so asking for both costs one pass, not two.
         """
         wanted = _check_kinds(kinds)
+        flip = self.config.test_time_flip
         with torch.inference_mode():
-            x = conv_layout(batch, self.device)
+            # Test-time flip: the mirror images ride in the same pass (one bigger batch).
+            x = conv_layout(torch.cat([batch, batch.flip(3)]) if flip else batch, self.device)
             fused = (
                 None
                 if self.training
@@ -267,6 +269,9 @@ class Identifier(PretrainedMixin, nn.Module):
                 out["features"] = _concat_unit(features)
             if "embedding" in wanted:
                 out["embedding"] = _concat_unit(embeddings)
+            if flip:
+                half = batch.shape[0]
+                out = {k: F.normalize(v[:half] + v[half:], dim=1) for k, v in out.items()}
             return out
 
     def _all_kinds(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -583,7 +588,12 @@ def _build_member(config: IdentifierConfig) -> tuple[Any, nn.Module, nn.Module, 
     """Backbone, pooling and neck of one network; with its feature and embedding sizes."""
     backbone = build_backbone(config)
     features = int(backbone.num_features)
-    pool: nn.Module = {"gem": GeM, "avg": _AvgPool, "backbone": _OwnPooling}[config.pooling]()
+    pool: nn.Module
+    if config.pooling == "gem2":
+        pool = _TwoStageGeM(backbone, config.backbone)
+        features += pool.extra_features
+    else:
+        pool = {"gem": GeM, "avg": _AvgPool, "backbone": _OwnPooling}[config.pooling]()
     size = config.embedding_size
     neck: nn.Module
     if config.neck == "bn":
@@ -602,6 +612,8 @@ def _pool_member(backbone: Any, pool: nn.Module, x: Tensor) -> Tensor:
     if isinstance(pool, _OwnPooling):
         out: Tensor = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
         return out
+    if isinstance(pool, _TwoStageGeM):
+        return pool.pool_backbone(backbone, x)
     pooled: Tensor = pool(backbone.forward_features(x))
     return pooled
 
@@ -635,6 +647,38 @@ def _concat_unit(parts: list[Tensor]) -> Tensor:
 class _AvgPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.mean(dim=(2, 3))
+
+
+class _TwoStageGeM(nn.Module):
+    """GeM over the final feature map and over the stage before the last reduction.
+
+    The earlier map has twice the resolution: small nicks and scars that the final map
+    blurs. Each level has its own exponent; the pooled vectors are concatenated (final
+    first).
+    """
+
+    def __init__(self, backbone: Any, name: str) -> None:
+        super().__init__()
+        info = getattr(backbone, "feature_info", None)
+        if not hasattr(backbone, "forward_intermediates") or not info or len(info) < 2:
+            raise ConfigError(
+                f"pooling 'gem2' needs a timm backbone with forward_intermediates and "
+                f"feature_info; {name!r} has not"
+            )
+        self.level = len(info) - 2
+        self.extra_features = int(info[self.level]["num_chs"])
+        self.final = GeM()
+        self.earlier = GeM()
+
+    def pool_backbone(self, backbone: Any, x: Tensor) -> Tensor:
+        """Pooled ``(B, final + earlier channels)`` features of ``backbone`` on ``x``."""
+        final, (earlier,) = backbone.forward_intermediates(x, indices=[self.level])
+        return torch.cat([self.final(final), self.earlier(earlier)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Only the final map's part (the backbone's call goes through pool_backbone)."""
+        out: Tensor = self.final(x)
+        return out
 
 
 class _OwnPooling(nn.Module):

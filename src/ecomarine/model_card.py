@@ -63,6 +63,7 @@ def identifier_card(model: Identifier, *, extra: str = "") -> str:
         f"- head: {head}",
         f"- input: {pp.height}x{pp.width} ({pp.resize}, {pp.interpolation}), "
         f"mean {list(pp.mean)}, std {list(pp.std)}",
+        f"- test-time flip: {_flip(cfg.test_time_flip)}",
         f"- new-individual threshold: {cfg.threshold_for('embedding')} (embedding), "
         f"{cfg.threshold_for('features')} (features)",
         *provenance,
@@ -74,3 +75,7 @@ def identifier_card(model: Identifier, *, extra: str = "") -> str:
         lines += [extra.rstrip(), ""]
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _flip(on: bool) -> str:
+    return "on (each vector averaged with its mirror image's)" if on else "off"

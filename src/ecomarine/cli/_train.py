@@ -262,6 +262,13 @@ def ensemble(
     default=None,
     help="Write a calibrated copy here (default: update MODEL in place).",
 )
+@click.option(
+    "--test-time-flip/--no-test-time-flip",
+    default=None,
+    help="Switch flip test-time augmentation on (or off) and calibrate with it (default: "
+    "as the model has it). A switch drops the sighting and uncertainty calibrations, "
+    "which were fitted on the other vectors.",
+)
 @overwrite_option
 def calibrate(
     model: str,
@@ -270,6 +277,7 @@ def calibrate(
     images: str,
     new_fraction: float | None,
     out: str | None,
+    test_time_flip: bool | None,
     overwrite: bool,
 ) -> None:
     """Choose an identifier folder's open-set thresholds on held-out queries.
@@ -282,21 +290,30 @@ def calibrate(
     from ..calibration import calibrate_identifier  # noqa: PLC0415
     from ..catalog import read_catalog_csv  # noqa: PLC0415
     from ..identifier import Identifier  # noqa: PLC0415
-    from ..training.recalibrate import write_calibration  # noqa: PLC0415
+    from ..training.recalibrate import switch_test_time_flip, write_calibration  # noqa: PLC0415
 
     train_samples = read_catalog_csv(csv_path, images)
     held_out = read_catalog_csv(calibration_csv, images)
     ident = Identifier.from_pretrained(model)
+    if test_time_flip is not None and test_time_flip != ident.config.test_time_flip:
+        ident.config = switch_test_time_flip(ident.config, test_time_flip)
+        click.echo(
+            f"test-time flip {'on' if test_time_flip else 'off'}: sighting and uncertainty "
+            "calibrations dropped (refit them for the new vectors)"
+        )
     result = calibrate_identifier(ident, train_samples, held_out, new_fraction=new_fraction)
-    command = _command(
-        ["ecomarine", "calibrate", model],
-        {
-            "--csv": csv_path,
-            "--calibration-csv": calibration_csv,
-            "--images": images,
-            "--new-fraction": new_fraction,
-            "--out": out,
-        },
+    command = (
+        _command(
+            ["ecomarine", "calibrate", model],
+            {
+                "--csv": csv_path,
+                "--calibration-csv": calibration_csv,
+                "--images": images,
+                "--new-fraction": new_fraction,
+                "--out": out,
+            },
+        )
+        + ({True: " --test-time-flip", False: " --no-test-time-flip", None: ""}[test_time_flip])
     )
     target = write_calibration(
         Path(model), ident.config, result, command, out=Path(out) if out else None

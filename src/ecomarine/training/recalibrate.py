@@ -13,12 +13,27 @@ from ..errors import ConfigError
 from ..identifier import CARD_NAME, CONFIG_NAME
 from ..model_card import calibration_section
 
-__all__ = ["CALIBRATION_NAME", "write_calibration"]
+__all__ = ["CALIBRATION_NAME", "switch_test_time_flip", "write_calibration"]
 
 logger = logging.getLogger(__name__)
 
 #: The calibration record written beside ``config.json``.
 CALIBRATION_NAME = "calibration.json"
+
+
+def switch_test_time_flip(config: IdentifierConfig, on: bool) -> IdentifierConfig:
+    """``config`` with flip test-time augmentation switched, nothing fitted on old vectors.
+
+    The photo thresholds are kept for the caller to recalibrate; the sighting policy and
+    both uncertainty calibrations are dropped (refit them for the new vectors).
+    """
+    return config.replace(
+        test_time_flip=on,
+        sighting_aggregation=None,
+        sighting_thresholds={},
+        uncertainty=None,
+        sighting_uncertainty=None,
+    )
 
 
 def write_calibration(
