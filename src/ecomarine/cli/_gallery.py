@@ -454,3 +454,52 @@ def merge(first: Path, second: Path, out: Path, overwrite: bool) -> None:
         click.echo(f"conflict: {ind} is {ours} in {first} but {theirs} in {second}")
     if report.renamed_image_ids:
         click.echo(f"{report.renamed_image_ids} clashing image ids were given new ones")
+
+
+@gallery.command("rebuild")
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", default="embedded", show_default=True)
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the photos' recorded paths are relative to (the build's --images).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@overwrite_option
+def rebuild(
+    gallery_dir: Path,
+    model: str,
+    images: Path | None,
+    out: Path,
+    batch_size: int,
+    overwrite: bool,
+) -> None:
+    """Re-embed a gallery's photos with MODEL into a new gallery OUT.
+
+    For a model whose vectors changed (new weights, or another test-time setting): the
+    same image ids, individuals, species and metadata; every photo is read again from
+    its recorded path and checked against its recorded hash before anything is written.
+    """
+    from ..gallery import Gallery  # noqa: PLC0415
+    from ..gallery_rebuild import rebuild_gallery, resolve_sources  # noqa: PLC0415
+    from ..identifier import Identifier  # noqa: PLC0415
+
+    refuse_existing([out], overwrite)
+    check_model(model)
+    old = Gallery.load(gallery_dir)
+    resolve_sources(old, images)  # every missing or changed photo before a model loads
+    ident = Identifier.from_pretrained(model)
+    with progress_callback(len(old), "embedding") as advance:
+        new = rebuild_gallery(old, ident, images=images, batch_size=batch_size, progress=advance)
+    new.save(out)
+    click.echo(
+        f"gallery {out}: {len(new)} photos of {len(new.individuals())} individuals "
+        f"re-embedded with {ident.config.name} (fingerprint {old.fingerprint or '?'} -> "
+        f"{new.fingerprint})"
+    )
+    if old.new_individual_threshold is not None:
+        click.echo(
+            f"its threshold override {old.new_individual_threshold:.3f} was not carried over "
+            f"(chosen on the old vectors): `ecomarine gallery calibrate {out}`"
+        )
