@@ -110,11 +110,14 @@ def rank_sightings(
     return cands, truths
 
 
-def select_on_mimic(args: argparse.Namespace, split: dict[str, list[Sample]]) -> dict[str, Any]:
+def select_on_mimic(
+    args: argparse.Namespace, split: dict[str, list[Sample]], flip: bool
+) -> dict[str, Any]:
     """Each aggregation on 2018 encounters searched among 2017 images, per mimic model.
 
     With several mimic models (seeds), each figure is their mean; ``per_model`` keeps
-    every model's own.
+    every model's own. The mimic models run with the evaluated model's test-time flip
+    (``flip``), so that the aggregation is chosen on vectors of the same kind.
     """
     past = split["gallery"]
     y2017 = [s for s in past if (s.date or "").startswith("2017")]
@@ -122,6 +125,7 @@ def select_on_mimic(args: argparse.Namespace, split: dict[str, list[Sample]]) ->
     per_model: dict[str, dict[str, Any]] = {}
     for folder in args.select_with:
         mimic = Identifier.from_pretrained(folder)
+        mimic.config = mimic.config.replace(test_time_flip=flip)
         cache = args.splits / f"vectors-{mimic.fingerprint('embedding')}.npz"
         vec = embed_all(mimic, past, cache)
         for aggregation in SET_AGGREGATIONS:
@@ -187,7 +191,8 @@ def main() -> None:
             "threshold": chosen.threshold,
             **figures(cands, truths, chosen.threshold),
         }
-    mimic = select_on_mimic(args, split) if args.select_with else None
+    flip = ident.config.test_time_flip
+    mimic = select_on_mimic(args, split, flip) if args.select_with else None
     table = mimic or choices
     best = max(table, key=lambda a: (table[a]["map5"], table[a]["top5"], table[a]["top1"]))
     threshold = choices[best]["threshold"]

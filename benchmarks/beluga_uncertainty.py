@@ -147,7 +147,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         ax.annotate(f"{shipped['sets'][str(a)]['mean_size']:.1f}", (t, g), fontsize=7,
                     textcoords="offset points", xytext=(4, -10))  # fmt: skip
     ax.set_xlabel("target coverage (1 - alpha)")
-    ax.set_ylabel("share of 2019 photos (sightings) whose answer is in the set")
+    ax.set_ylabel("share with the true answer in the set")
     ax.set_title("Candidate sets on 2019 (labels: mean set size)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

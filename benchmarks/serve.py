@@ -41,9 +41,9 @@ def photo_bytes(data: Path, n: int) -> list[bytes]:
     return [p.read_bytes() for p in picked]
 
 
-def ceiling(photos: list[bytes]) -> dict[int, float]:
+def ceiling(photos: list[bytes], model: str) -> dict[int, float]:
     """``predict_many`` photos/s at each batch size (the best one is the ceiling)."""
-    pipe = Pipeline.from_pretrained("embedded", device="cpu")
+    pipe = Pipeline.from_pretrained(model, device="cpu")
     out = {}
     for batch in CEILING_BATCHES:
         list(pipe.predict_many(photos[: 4 * batch], batch_size=batch))  # warm-up: fused graphs
@@ -53,10 +53,10 @@ def ceiling(photos: list[bytes]) -> dict[int, float]:
     return out
 
 
-def start_server(port: int, batch: int, wait_ms: float) -> subprocess.Popen[bytes]:
+def start_server(port: int, batch: int, wait_ms: float, model: str) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "ecomarine", "serve", "--port", str(port),
-        "--max-batch", str(batch), "--max-wait-ms", str(wait_ms),
+        "--max-batch", str(batch), "--max-wait-ms", str(wait_ms), "--model", model,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
@@ -111,11 +111,13 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--model", default="embedded", help="served and measured in process")
+    parser.add_argument("--name", default="serve", help="results file name")
     args = parser.parse_args()
     photos = photo_bytes(args.data, args.photos)
     port = free_port()
-    before = ceiling(photos)
-    proc = start_server(port, args.max_batch, args.max_wait_ms)
+    before = ceiling(photos, args.model)
+    proc = start_server(port, args.max_batch, args.max_wait_ms, args.model)
     try:
         url = f"http://127.0.0.1:{port}"
         load(url, photos[:48], args.clients)  # warm-up: the server's fused graphs
@@ -124,12 +126,14 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    after = ceiling(photos)
+    after = ceiling(photos, args.model)
     best = max(CEILING_BATCHES, key=lambda b: before[b] + after[b])
     ceiling_rate = statistics.median([before[best], after[best]])
     result = {
         "command": f"python benchmarks/serve.py --data ../shared/data --clients {args.clients} "
-        f"--photos {args.photos}",
+        f"--photos {args.photos}"
+        + (f" --model {args.model}" if args.model != "embedded" else "")
+        + (f" --name {args.name}" if args.name != "serve" else ""),
         "machine": f"{os.cpu_count()} CPU cores",
         "clients": args.clients,
         "photos": args.photos,
@@ -146,7 +150,7 @@ def main() -> None:
         "service_vs_ceiling": round(served["images_per_s"] / ceiling_rate, 2),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lat = served["latency_ms"]
     md = [
         f"From `{result['command']}` on {result['machine']}: the service in its own process on "
@@ -163,7 +167,7 @@ def main() -> None:
         f"| in-process `predict_many` ceiling | {ceiling_rate:.2f} photos/s |",
         f"| service / ceiling | {result['service_vs_ceiling']}x |",
     ]
-    (args.results / "serve.md").write_text("\n".join(md) + "\n")
+    (args.results / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -126,6 +126,7 @@ def bare_onnxruntime_peer(
         return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
     gpp, ipp = gate_backend.model.config.preprocess, ident.config.preprocess
+    flip = ident.config.test_time_flip
     gate_net = gate_backend.model
     g_sess = session(gate_net._imagenet_tuple, (3, gpp.height, gpp.width))
     i_sess = session(ident._all_kinds, (3, ipp.height, ipp.width))
@@ -135,6 +136,8 @@ def bare_onnxruntime_peer(
             imgs = [Image.open(p).convert("RGB") for p in photos[s : s + batch]]
             g = np.stack([naive_preprocess(im, gpp) for im in imgs])
             i = np.stack([naive_preprocess(im, ipp) for im in imgs])
+            if flip:  # the same work as the library: the mirror images too
+                i = np.ascontiguousarray(np.concatenate([i, i[..., ::-1]]))
             g_sess.run(None, {"x": g})
             i_sess.run(None, {"x": i})
 
@@ -166,7 +169,11 @@ def throughput(
                 g = torch.from_numpy(naive_preprocess(img, gpp))[None]
                 i = torch.from_numpy(naive_preprocess(img, ipp))[None]
                 backend.scores(g)
-                torch.nn.functional.normalize(ident(i), dim=1)
+                if ident.config.test_time_flip:  # the same work: the mirror image too
+                    e = torch.nn.functional.normalize(ident(torch.cat([i, i.flip(3)])), dim=1)
+                    torch.nn.functional.normalize(e[:1] + e[1:], dim=1)
+                else:
+                    torch.nn.functional.normalize(ident(i), dim=1)
         eager(False)
 
     def library_one_at_a_time() -> None:
@@ -237,6 +244,7 @@ def throughput(
     rate = {k: len(photos) / statistics.median(v) for k, v in runs.items()}
     return {
         "photos": len(photos),
+        "test_time_flip": ident.config.test_time_flip,
         "batch_size": batch,
         "decode_workers": workers,
         "images_per_s_median": {k: round(v, 2) for k, v in rate.items()},
@@ -373,6 +381,7 @@ def precision(pipe: Pipeline, photos: list[Path], batch: int, repeats: int) -> d
 
     return {
         "photos": len(photos),
+        "test_time_flip": ident.config.test_time_flip,
         "batch_size": batch,
         "images_per_s_median": rate,
         "bf16_vs_fp32": round(rate["bf16 autocast networks"] / rate["fp32 eager networks"], 2),
@@ -731,6 +740,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "| measurement | value |",
         "| --- | --- |",
+        f"| identifier's flip test-time augmentation (every loop below does its work) | "
+        f"{'on' if t.get('test_time_flip') else 'off'} |",
         f"| one-at-a-time reference loop (full decode, NCHW, no_grad) | {r['reference']} img/s |",
         f"| one at a time through the library's network calls | {r['library_one_at_a_time']} img/s |",
         f"| networks only, eager (BatchNorm not folded) | {r.get('networks_eager', '-')} img/s |",
@@ -861,16 +872,25 @@ def main() -> None:
         "precision to rerun "
         "(the others are kept from the existing speed.json)",
     )
+    parser.add_argument(
+        "--no-test-time-flip",
+        action="store_true",
+        help="the identifier without its flip test-time augmentation (half the work)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     photos = photo_set(args.data, 16 if args.quick else 40)
     pipe = Pipeline.from_pretrained("embedded", device="cpu")
+    if args.no_test_time_flip:
+        pipe.identifier.config = pipe.identifier.config.replace(test_time_flip=False)
     assert pipe.gate is not None
     pipe.gate.config = type(pipe.gate.config)(**{**pipe.gate.config.__dict__, "threshold": 0.0})
     previous = args.results / "speed.json"
     res: dict[str, Any] = json.loads(previous.read_text()) if args.parts != ALL_PARTS else {}
-    command = "python benchmarks/speed.py --data ../shared/data" + (
-        " --quick" if args.quick else ""
+    command = (
+        "python benchmarks/speed.py --data ../shared/data"
+        + (" --quick" if args.quick else "")
+        + (" --no-test-time-flip" if args.no_test_time_flip else "")
     )
     if args.parts == ALL_PARTS:
         res.update(command=command, reruns=[])
