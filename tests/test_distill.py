@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,6 +166,23 @@ def test_distillation_options_are_checked(
 # --- ecomarine calibrate -------------------------------------------------------------------
 
 
+def _calibrate_run(
+    examples_dir: Path, teacher_dir: Path, tmp_path: Path, *, flip: bool = False
+) -> tuple[list[str], dict[str, Any]]:
+    """The ``ecomarine calibrate`` arguments on an open-set split of the examples, and
+    what :func:`calibrate_identifier` chooses on the same data (with ``flip``)."""
+    belugas = examples_dir / "belugas"
+    train_csv, calib_csv = _open_set_split(examples_dir, tmp_path / "csv")
+    args = ["calibrate", str(teacher_dir), "--csv", str(train_csv)]
+    args += ["--calibration-csv", str(calib_csv), "--images", str(belugas)]
+    ident = Identifier.from_pretrained(teacher_dir, device="cpu")
+    ident.config = ident.config.replace(test_time_flip=flip)
+    expected = calibrate_identifier(
+        ident, read_catalog_csv(train_csv, belugas), read_catalog_csv(calib_csv, belugas)
+    )
+    return args, expected
+
+
 def test_cli_calibrate_in_place_and_to_a_copy(
     tmp_path: Path,
     examples_dir: Path,
@@ -173,11 +191,8 @@ def test_cli_calibrate_in_place_and_to_a_copy(
 ) -> None:
     from ecomarine.cli import main
 
-    belugas = examples_dir / "belugas"
-    train_csv, calib_csv = _open_set_split(examples_dir, tmp_path / "csv")
+    args, expected = _calibrate_run(examples_dir, teacher_dir, tmp_path)
     before = (teacher_dir / "config.json").read_text()
-    args = ["calibrate", str(teacher_dir), "--csv", str(train_csv)]
-    args += ["--calibration-csv", str(calib_csv), "--images", str(belugas)]
     assert main([*args, "--out", str(tmp_path / "copy")]) == 0, capsys.readouterr().err
     assert "open-set thresholds: embedding" in capsys.readouterr().out
     assert (teacher_dir / "config.json").read_text() == before  # the source is untouched
@@ -185,10 +200,6 @@ def test_cli_calibrate_in_place_and_to_a_copy(
     assert not (tmp_path / "copy" / "checkpoints").exists()
 
     # The thresholds are calibrate_identifier's own on the same data.
-    ident = Identifier.from_pretrained(teacher_dir, device="cpu")
-    expected = calibrate_identifier(
-        ident, read_catalog_csv(train_csv, belugas), read_catalog_csv(calib_csv, belugas)
-    )
     assert copy.new_individual_threshold == pytest.approx(expected["embedding"]["threshold"])
     assert copy.threshold_for("features") == pytest.approx(expected["features"]["threshold"])
     record = json.loads((tmp_path / "copy" / "calibration.json").read_text())
@@ -213,10 +224,7 @@ def test_cli_calibrate_switches_the_test_time_flip(
 ) -> None:
     from ecomarine.cli import main
 
-    belugas = examples_dir / "belugas"
-    train_csv, calib_csv = _open_set_split(examples_dir, tmp_path / "csv")
-    args = ["calibrate", str(teacher_dir), "--csv", str(train_csv)]
-    args += ["--calibration-csv", str(calib_csv), "--images", str(belugas)]
+    args, expected = _calibrate_run(examples_dir, teacher_dir, tmp_path, flip=True)
     assert main([*args, "--test-time-flip", "--out", str(tmp_path / "tta")]) == 0
     assert "sighting and uncertainty calibrations dropped" in capsys.readouterr().out
     tta = Identifier.from_pretrained(tmp_path / "tta", device="cpu")
@@ -224,11 +232,6 @@ def test_cli_calibrate_switches_the_test_time_flip(
     assert tta.config.uncertainty is None
     assert not tta.config.sighting_thresholds
     # The thresholds were chosen on the flipped-and-averaged vectors.
-    ident = Identifier.from_pretrained(teacher_dir, device="cpu")
-    ident.config = ident.config.replace(test_time_flip=True)
-    expected = calibrate_identifier(
-        ident, read_catalog_csv(train_csv, belugas), read_catalog_csv(calib_csv, belugas)
-    )
     assert tta.new_individual_threshold == pytest.approx(expected["embedding"]["threshold"])
     record = json.loads((tmp_path / "tta" / "calibration.json").read_text())
     assert record["command"].endswith(" --test-time-flip")

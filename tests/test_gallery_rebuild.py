@@ -36,16 +36,22 @@ def _build(catalogue: Path, model: Path, out: Path) -> None:
     assert main([*args, str(catalogue), "--model", str(model), "--out", str(out)]) == 0
 
 
+@pytest.fixture
+def rebuild_args(tmp_path: Path, catalogue: Path, two_models: tuple[Path, Path]) -> list[str]:
+    """A gallery ``tmp_path/g`` built with the old model; the command rebuilding it."""
+    _build(catalogue, two_models[0], tmp_path / "g")
+    return ["gallery", "rebuild", str(tmp_path / "g"), "--model", str(two_models[1])]
+
+
 def test_rebuild_re_embeds_every_photo_and_keeps_the_records(
     tmp_path: Path,
     catalogue: Path,
     two_models: tuple[Path, Path],
+    rebuild_args: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    old_model, new_model = two_models
-    _build(catalogue, old_model, tmp_path / "g")
+    new_model, args = two_models[1], rebuild_args
     old = Gallery.load(tmp_path / "g")
-    args = ["gallery", "rebuild", str(tmp_path / "g"), "--model", str(new_model)]
     assert main([*args, "--images", str(catalogue), "--out", str(tmp_path / "g2")]) == 0
     assert "re-embedded" in capsys.readouterr().out
     ident = Identifier.from_pretrained(new_model, device="cpu")
@@ -60,17 +66,12 @@ def test_rebuild_re_embeds_every_photo_and_keeps_the_records(
 
 
 def test_rebuild_refuses_missing_or_changed_photos_and_writes_nothing(
-    tmp_path: Path,
-    catalogue: Path,
-    two_models: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, catalogue: Path, rebuild_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old_model, new_model = two_models
-    _build(catalogue, old_model, tmp_path / "g")
+    args = rebuild_args
     photos = sorted((catalogue / "gallery").glob("*.jpg"))
     photos[0].unlink()
     photos[1].write_bytes(photos[2].read_bytes())  # another photo under its name
-    args = ["gallery", "rebuild", str(tmp_path / "g"), "--model", str(new_model)]
     assert main([*args, "--images", str(catalogue), "--out", str(tmp_path / "g2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot re-embed 2 of 36 photos"), err
