@@ -221,7 +221,8 @@ def main() -> None:
         "sighting_threshold": threshold,
         "photo_threshold": photo_threshold,
         "selected_on": "mimic: 2018 encounters vs 2017, models trained on 2017 only "
-        f"({', '.join(args.select_with)}; mean over them)"
+        f"({', '.join(args.select_with)}; mean over them; test-time flip "
+        f"{'on' if flip else 'off'}, as the evaluated model)"
         if mimic
         else "calibration split",
         "mimic": mimic,
